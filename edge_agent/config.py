@@ -1,0 +1,412 @@
+"""Configuration: one TOML file validated by pydantic, overridable from the environment.
+
+Every model forbids unknown keys and describes every field, so `config validate`
+can name the exact key path of a mistake and `config show` documents itself.
+Environment overrides use `EDGE_AGENT_<SECTION>__<KEY>` (list items by index:
+`EDGE_AGENT_SENSORS__0__PORT`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from edge_agent.errors import ConfigError, ConfigIssue
+
+ENV_PREFIX = "EDGE_AGENT_"
+ENV_SEPARATOR = "__"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def _default_device_id() -> str:
+    return socket.gethostname() or "gateway"
+
+
+class DeviceConfig(Section):
+    """Identity of this gateway; it names the MQTT topics."""
+
+    id: str = Field(
+        default_factory=_default_device_id,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Gateway id, unique within the tenant (default: the host name).",
+    )
+    tenant: str = Field(
+        default="default", min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Tenant id."
+    )
+    site: str = Field(
+        default="default", min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Site id."
+    )
+
+
+class MqttConfig(Section):
+    """Connection to the MQTT broker that carries telemetry to the cloud."""
+
+    host: str = Field(default="127.0.0.1", description="Broker host name or address.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker TCP port.")
+    topic_prefix: str = Field(
+        default="edge",
+        min_length=1,
+        pattern=r"^[^#+]+$",
+        description="First topic level; topics are <prefix>/<tenant>/<site>/<device>/<kind>.",
+    )
+    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version.")
+    client_id: str | None = Field(
+        default=None, description="MQTT client id (default: edge-agent-<tenant>-<device.id>)."
+    )
+    username: str | None = Field(default=None, description="User name for broker authentication.")
+    password: SecretStr | None = Field(
+        default=None, description="Password for broker authentication (never logged or shown)."
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive interval.")
+    max_inflight: int = Field(
+        default=64, ge=1, le=65535, description="QoS 1 messages awaiting PUBACK at once."
+    )
+    reconnect_min_s: float = Field(
+        default=0.5, gt=0, description="First reconnect delay; doubles per failure (jittered)."
+    )
+    reconnect_max_s: float = Field(default=30.0, gt=0, description="Cap of the reconnect delay.")
+
+
+class SyncConfig(Section):
+    """What goes upstream and how often."""
+
+    heartbeat_interval_s: float = Field(
+        default=30.0, gt=0, description="Seconds between heartbeats."
+    )
+    summary_interval_s: float = Field(
+        default=60.0, gt=0, description="Length of each per-sensor summary interval in seconds."
+    )
+    results_interval_s: float = Field(
+        default=1.0, gt=0, description="Window results are batched into one message this often."
+    )
+    results_per_message: int = Field(
+        default=500, ge=1, le=100_000, description="Most window results in one message."
+    )
+    upload_results: bool = Field(
+        default=True, description="Send per-window results upstream (summaries are always sent)."
+    )
+
+
+class StorageConfig(Section):
+    """The local SQLite store: results, summaries, events and the outbox."""
+
+    path: Path = Field(default=Path("edge-agent.db"), description="SQLite database file.")
+    synchronous: Literal["NORMAL", "FULL"] = Field(
+        default="NORMAL",
+        description="NORMAL survives a process crash; FULL also survives power loss (slower).",
+    )
+    commit_interval_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=10_000,
+        description="Extra time to gather writes before a commit (0: commit as soon as idle).",
+    )
+
+
+class ModelsConfig(Section):
+    """Where model bundles are found."""
+
+    dirs: list[Path] = Field(
+        default_factory=list,
+        description="Directories holding <name>/<version>/manifest.json bundles, searched in "
+        "order before the bundles shipped with edge-agent.",
+    )
+
+
+class SensorBase(Section):
+    """Keys every sensor has, whatever its link."""
+
+    name: str = Field(
+        min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Unique sensor name."
+    )
+    models: list[str] = Field(
+        default_factory=lambda: ["imu-activity"],
+        description="Model bundles run on this sensor's windows: 'name' or 'name@version'.",
+    )
+    gap_policy: Literal["drop", "ignore"] = Field(
+        default="drop",
+        description="On a sequence gap: drop windows spanning it, or ignore the gap.",
+    )
+    enabled: bool = Field(default=True, description="Set false to keep a sensor configured but off.")
+
+
+class SerialSensorConfig(SensorBase):
+    """An IMU on a serial port (UART or USB-CDC) speaking protocol v1."""
+
+    link: Literal["serial"] = Field(description="Link kind.")
+    port: str = Field(
+        min_length=1,
+        description="Serial device; prefer a stable /dev/serial/by-id/... path.",
+    )
+    baudrate: int = Field(default=921_600, gt=0, description="Baud rate (ignored by USB-CDC).")
+    reopen_interval_s: float = Field(
+        default=0.5, gt=0, le=60, description="How often to retry opening a missing port."
+    )
+
+
+class BleSensorConfig(SensorBase):
+    """An IMU reached over Bluetooth Low Energy GATT notifications."""
+
+    link: Literal["ble"] = Field(description="Link kind.")
+    address: str | None = Field(default=None, description="Device address to connect to.")
+    name_pattern: str | None = Field(
+        default=None, description="Regular expression matched against the advertised name."
+    )
+    service_uuid: str | None = Field(
+        default=None, description="Advertised service UUID to filter on."
+    )
+    notify_uuid: str = Field(
+        default="6e400003-b5a3-f393-e0a9-e50e24dcca9e",
+        description="Characteristic whose notifications carry the frames (default: Nordic UART TX).",
+    )
+
+
+class EmulatedSensorConfig(SensorBase):
+    """A device emulator on a pseudo-terminal, read through pyserial like real hardware."""
+
+    link: Literal["emulated"] = Field(description="Link kind.")
+    recording: Path | None = Field(
+        default=None,
+        description="CSV recording to play (default: the shipped model's held-out recording).",
+    )
+    synthetic: bool = Field(
+        default=False, description="Play the synthetic motion generator instead of a recording."
+    )
+    rate_hz: float | None = Field(
+        default=None, gt=0, description="Sample rate (default: the recording's own rate)."
+    )
+    device_id: str | None = Field(
+        default=None, description="Device id the emulator announces (default: the sensor name)."
+    )
+    start_offset_s: float = Field(
+        default=0.0, ge=0, description="Seconds into the recording to start playing from."
+    )
+
+
+SensorConfig = Annotated[
+    SerialSensorConfig | BleSensorConfig | EmulatedSensorConfig,
+    Field(discriminator="link"),
+]
+
+
+def _default_sensors() -> list[SerialSensorConfig | BleSensorConfig | EmulatedSensorConfig]:
+    return [
+        EmulatedSensorConfig(name="imu-0", link="emulated"),
+        EmulatedSensorConfig(name="imu-1", link="emulated", start_offset_s=45.0),
+    ]
+
+
+class LoggingConfig(Section):
+    """Log output."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Least severe level logged."
+    )
+    show_results: bool = Field(
+        default=True, description="Log every window result (handy on a terminal, noisy in a journal)."
+    )
+
+
+class AgentConfig(Section):
+    """The whole configuration of one gateway."""
+
+    device: DeviceConfig = Field(default_factory=DeviceConfig, description="Gateway identity.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection.")
+    sync: SyncConfig = Field(default_factory=SyncConfig, description="Upstream cadence.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Local store.")
+    models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model bundles.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+    sensors: list[SensorConfig] = Field(
+        default_factory=_default_sensors,
+        description="Sensors to read; each picks its link kind with `link`.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_sensor_names(self) -> AgentConfig:
+        names = [sensor.name for sensor in self.sensors]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"sensor names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def topic_root(self) -> str:
+        """`<prefix>/<tenant>/<site>/<device>`: the root of every topic of this gateway."""
+        d = self.device
+        return f"{self.mqtt.topic_prefix}/{d.tenant}/{d.site}/{d.id}"
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id; unique per gateway so two never kick each other off."""
+        return self.mqtt.client_id or f"edge-agent-{self.device.tenant}-{self.device.id}"
+
+
+def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set `value` at a nested key path, creating tables and indexing lists by number."""
+    node: Any = data
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit():
+                raise KeyError(key)
+            index = int(key)
+            while len(node) <= index:
+                node.append({})
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+            continue
+        if last:
+            node[key] = value
+        else:
+            if key not in node or not isinstance(node[key], dict | list):
+                node[key] = [] if keys[i + 1].isdigit() else {}
+            node = node[key]
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are strings; JSON lists and tables are accepted for structured keys."""
+    stripped = raw.strip()
+    if stripped.startswith(("[", "{")):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Merge `EDGE_AGENT_SECTION__KEY=value` variables into raw config data.
+
+    Returns:
+        The dotted key paths that were overridden (for logging and `config show`).
+    """
+    applied: list[str] = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or ENV_SEPARATOR not in name:
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_SEPARATOR)]
+        if any(not key for key in keys):
+            continue
+        if keys[0] == "sensors" and "sensors" not in data:
+            # Overriding one sensor of the embedded default starts from that default.
+            data["sensors"] = [
+                s.model_dump(mode="json", exclude_defaults=True) for s in _default_sensors()
+            ]
+        try:
+            _set_path(data, keys, _parse_env_value(raw))
+        except (KeyError, TypeError):
+            continue
+        applied.append(".".join(keys))
+    return applied
+
+
+def _issues_from(err: ValidationError) -> list[ConfigIssue]:
+    issues = []
+    for e in err.errors(include_url=False):
+        loc = [str(part) for part in e["loc"]]
+        # Discriminated unions add the chosen tag to the location; it is noise to a reader.
+        if len(loc) >= 3 and loc[0] == "sensors" and loc[2] in {"serial", "ble", "emulated"}:
+            del loc[2]
+        message = e["msg"]
+        if e["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; `edge-agent config show` lists valid keys)"
+        elif e["type"] == "union_tag_invalid":
+            message = "unknown link kind; valid kinds are 'serial', 'ble', 'emulated'"
+        elif e["type"] == "union_tag_not_found":
+            message = "missing `link`; set it to 'serial', 'ble' or 'emulated'"
+        issues.append(ConfigIssue(".".join(loc), message))
+    return issues
+
+
+def parse_config(
+    data: dict[str, Any], *, source: str, environ: Mapping[str, str] | None = None
+) -> AgentConfig:
+    """Validate raw config data (after environment overrides) into an `AgentConfig`.
+
+    Raises:
+        ConfigError: listing every problem with its key path.
+    """
+    data = dict(data)
+    apply_env_overrides(data, os.environ if environ is None else environ)
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(source, _issues_from(err)) from err
+
+
+def load_config(path: Path | None, *, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Load a TOML config file, or the embedded default when `path` is None.
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or has invalid values.
+    """
+    if path is None:
+        return parse_config({}, source="embedded default", environ=environ)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ConfigError(source, [ConfigIssue("", "file not found")]) from err
+    except OSError as err:
+        raise ConfigError(source, [ConfigIssue("", f"cannot read: {err.strerror}")]) from err
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(source, [ConfigIssue("", f"not valid TOML: {err}")]) from err
+    return parse_config(data, source=source, environ=environ)
+
+
+def render_config(config: AgentConfig) -> str:
+    """The effective config as TOML-like text with secrets masked."""
+    data = config.model_dump(mode="json")
+    if config.mqtt.password is not None:
+        data["mqtt"]["password"] = "********"
+    return _to_toml(data)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def _to_toml(data: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for section, body in data.items():
+        if section == "sensors":
+            continue
+        lines.append(f"[{section}]")
+        for key, value in body.items():
+            if value is None:
+                lines.append(f"# {key} = (unset)")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    for sensor in data.get("sensors", []):
+        lines.append("[[sensors]]")
+        for key, value in sensor.items():
+            if value is None:
+                lines.append(f"# {key} = (unset)")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)

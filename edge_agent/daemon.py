@@ -1,0 +1,555 @@
+"""The daemon: links → decoder → ring buffers → windows → models → SQLite → outbox → MQTT.
+
+Threads and the loop meet in one place: link threads hand decoded frames to the
+event loop with `call_soon_threadsafe` into an `asyncio.Queue`. The loop cuts
+windows (cheap numpy), runs each model once per batch of windows on a single
+inference thread, and queues the results to the store's writer thread. Nothing
+on the loop blocks on I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import repeat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent import __version__
+from edge_agent.config import AgentConfig
+from edge_agent.errors import BundleError, EdgeAgentError, RuntimeBackendError
+from edge_agent.inference.bundle import find_bundle, shipped_models_dir
+from edge_agent.inference.runtime import open_runtime
+from edge_agent.pipeline.stream import Emitted, ModelSlot, SensorStream
+from edge_agent.pipeline.summary import SummaryAccumulator
+from edge_agent.store.db import Op, Store, Txn, enqueue, outbox_depth, record_event
+from edge_agent.sync.mqtt import MqttUplink
+from firmware_bridge.links import Link, open_link
+from firmware_bridge.protocol.v1 import Frame
+
+log = logging.getLogger("edge_agent")
+
+
+@dataclass
+class ResultBatch:
+    """Decisions for the windows of one model on one stream, committed together."""
+
+    sensor: str
+    model: str
+    version: str
+    labels: list[str]
+    t_start: npt.NDArray[np.float64]
+    t_end: npt.NDArray[np.float64]
+    label_index: npt.NDArray[np.int64]
+    confidence: npt.NDArray[np.float32]
+    recv_mono: float
+
+    def __len__(self) -> int:
+        return len(self.label_index)
+
+
+def insert_results(batches: list[ResultBatch]) -> Op[list[tuple[ResultBatch, float]]]:
+    """Insert window results; returns each batch with its commit-ready time."""
+
+    def op(txn: Txn) -> list[tuple[ResultBatch, float]]:
+        for b in batches:
+            labels = b.labels
+            names = [labels[i] for i in b.label_index.tolist()] if labels else repeat(None)
+            txn.conn.executemany(
+                "INSERT INTO results(sensor, model, model_version, t_start, t_end, label, "
+                "confidence) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                zip(
+                    repeat(b.sensor),
+                    repeat(b.model),
+                    repeat(b.version),
+                    b.t_start.tolist(),
+                    b.t_end.tolist(),
+                    names,
+                    b.confidence.tolist(),
+                    strict=False,
+                ),
+            )
+        return [(b, 0.0) for b in batches]
+
+    return op
+
+
+def pack_results(limit: int) -> Op[int]:
+    """Move committed results not yet uploaded into `results` outbox messages (columnar)."""
+
+    def op(txn: Txn) -> int:
+        row = txn.conn.execute("SELECT value FROM meta WHERE key = 'results_cursor'").fetchone()
+        cursor = int(row[0]) if row else 0
+        rows = txn.conn.execute(
+            "SELECT id, sensor, model, model_version, t_start, t_end, label, confidence "
+            "FROM results WHERE id > ? ORDER BY id LIMIT ?",
+            (cursor, limit),
+        ).fetchall()
+        if not rows:
+            return 0
+        groups: dict[tuple[str, str, str], list[tuple[Any, ...]]] = {}
+        for r in rows:
+            groups.setdefault((r[1], r[2], r[3]), []).append(r)
+        for (sensor, model, version), items in groups.items():
+            txn.enqueue(
+                "results",
+                {
+                    "sensor": sensor,
+                    "model": model,
+                    "model_version": version,
+                    "count": len(items),
+                    "windows": {
+                        "t_start": [round(r[4], 3) for r in items],
+                        "t_end": [round(r[5], 3) for r in items],
+                        "label": [r[6] for r in items],
+                        "confidence": [round(r[7], 4) for r in items],
+                    },
+                },
+            )
+        txn.conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('results_cursor', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (str(rows[-1][0]),),
+        )
+        return len(rows)
+
+    return op
+
+
+def skip_results_upload() -> Op[None]:
+    """Mark every stored result as handled when per-window upload is off."""
+
+    def op(txn: Txn) -> None:
+        txn.conn.execute(
+            "INSERT INTO meta(key, value) SELECT 'results_cursor', COALESCE(MAX(id), 0) "
+            "FROM results WHERE true ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+        )
+
+    return op
+
+
+def insert_summaries(bodies: list[dict[str, Any]]) -> Op[int]:
+    """Store summaries and queue them for upload in one transaction."""
+
+    def op(txn: Txn) -> int:
+        import json
+
+        for body in bodies:
+            txn.conn.execute(
+                "INSERT INTO summaries(sensor, model, model_version, t_start, t_end, body) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    body["sensor"],
+                    body["model"],
+                    body["model_version"],
+                    body["interval_start"],
+                    body["interval_end"],
+                    json.dumps(body),
+                ),
+            )
+            txn.enqueue("summary", body)
+        return len(bodies)
+
+    return op
+
+
+def _rss_mb() -> float:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    return 0.0
+
+
+class Daemon:
+    """One running gateway agent. `run()` until `request_stop()` (or SIGINT/SIGTERM)."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        on_result: Callable[[ResultBatch], None] | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.config = config
+        self.on_result = on_result
+        self.handle_signals = handle_signals
+        self.store = Store(
+            Path(config.storage.path),
+            device_id=config.device.id,
+            topic_root=config.topic_root,
+            synchronous=config.storage.synchronous,
+            commit_interval_ms=config.storage.commit_interval_ms,
+        )
+        self.slots: dict[str, ModelSlot] = {}
+        self.streams: dict[tuple[str, int], SensorStream] = {}
+        self.sensor_models: dict[str, list[ModelSlot]] = {}
+        self.links: dict[str, Link] = {}
+        self.summaries: dict[tuple[str, str], SummaryAccumulator] = {}
+        self.uplink: MqttUplink | None = None
+        self.started_mono = time.monotonic()
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._infer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._shown = 0
+        self._shown_window = 0.0
+        self.windows_committed = 0
+        self.results_uploaded = 0
+
+    # -- thread → loop bridge (called on link threads) -------------------------------------------
+
+    def on_frames(self, sensor: str, frames: list[Frame], recv_mono: float, recv_wall: float) -> None:
+        """LinkSink: hand a read's frames to the loop."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._inbox.put_nowait, ("frames", sensor, frames, recv_mono, recv_wall))
+
+    def on_link_state(self, sensor: str, state: str, detail: str) -> None:
+        """LinkSink: a sensor connected or was lost."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._inbox.put_nowait, ("state", sensor, state, detail))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask `run()` to stop cleanly (thread-safe)."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._stop.set)
+        else:
+            self._stop.set()
+
+    def _event(self, kind: str, severity: str = "info", sensor: str | None = None, **body: Any) -> None:
+        level = {"info": logging.INFO, "warning": logging.WARNING}.get(severity, logging.ERROR)
+        detail = " ".join(f"{k}={v}" for k, v in body.items())
+        log.log(level, "event %s%s %s", kind, f" [{sensor}]" if sensor else "", detail)
+        self.store.submit(record_event(kind, body, sensor=sensor, severity=severity),
+                          on_commit=lambda _: self._notify_uplink())
+
+    def _notify_uplink(self) -> None:
+        loop, uplink = self._loop, self.uplink
+        if loop is not None and uplink is not None:
+            loop.call_soon_threadsafe(uplink.notify)
+
+    def _load_models(self) -> None:
+        search = [*self.config.models.dirs, shipped_models_dir()]
+        for sensor in self.config.sensors:
+            slots: list[ModelSlot] = []
+            for ref in sensor.models:
+                try:
+                    if ref not in self.slots:
+                        bundle = find_bundle(ref, search)
+                        runtime = open_runtime(bundle)
+                        self.slots[ref] = ModelSlot(bundle, runtime)
+                        log.info("model %s loaded from %s (%s)", bundle.ref, bundle.path,
+                                 bundle.manifest.runtime)
+                    slots.append(self.slots[ref])
+                except (BundleError, RuntimeBackendError) as err:
+                    self._event("model.load_failed", "error", sensor=sensor.name, model=ref,
+                                reason=str(err))
+            self.sensor_models[sensor.name] = slots
+
+    def _stream(self, sensor: str, stream_id: int) -> SensorStream:
+        key = (sensor, stream_id)
+        stream = self.streams.get(key)
+        if stream is None:
+            cfg = next(s for s in self.config.sensors if s.name == sensor)
+            name = sensor if stream_id == 0 else f"{sensor}.{stream_id}"
+            stream = SensorStream(name, self.sensor_models.get(sensor, []), gap_policy=cfg.gap_policy)
+            self.streams[key] = stream
+        return stream
+
+    async def run(self) -> None:
+        """Start everything, serve until stopped, then shut down without losing data."""
+        self._loop = asyncio.get_running_loop()
+        loop = self._loop
+        if self.handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self._stop.set)
+        await asyncio.to_thread(self.store.open)
+        if self.store.schema_before == 0:
+            log.info("store: created %s", self.config.storage.path)
+        await asyncio.to_thread(self._load_models)
+        self.uplink = MqttUplink(self.config, self.store)
+        self._event("agent.started", version=__version__, sensors=[s.name for s in self.config.sensors])
+        for sensor in self.config.sensors:
+            if not sensor.enabled:
+                continue
+            try:
+                link = open_link(sensor.link, sensor, self)
+                link.start()
+            except (EdgeAgentError, OSError, ValueError) as err:
+                self._event("sensor.failed", "error", sensor=sensor.name, reason=str(err))
+                continue
+            self.links[sensor.name] = link
+        self.ready.set()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                pipeline = tasks.create_task(self._pipeline(), name="pipeline")
+                uplink = tasks.create_task(self.uplink.run(), name="mqtt-uplink")
+                ticker = tasks.create_task(self._ticker(), name="ticker")
+                await self._stop.wait()
+                log.info("stopping: closing sensors, flushing results")
+                ticker.cancel()
+                await asyncio.gather(*(asyncio.to_thread(link.close) for link in self.links.values()))
+                await self._inbox.put(("stop",))
+                await pipeline
+                await self._close_intervals(final=True)
+                await self._pack_results()
+                self._event("agent.stopped", uptime_s=round(time.monotonic() - self.started_mono, 1))
+                await self.store.call(outbox_depth())
+                self._notify_uplink()
+                await self.uplink.stop(timeout=3.0)
+                uplink.cancel()
+        finally:
+            for link in self.links.values():
+                link.close()
+            for slot in self.slots.values():
+                slot.runtime.close()
+            self._infer.shutdown(wait=True)
+            await asyncio.to_thread(self.store.close)
+
+    # -- pipeline --------------------------------------------------------------------------------
+
+    async def _pipeline(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            items = [await self._inbox.get()]
+            while not self._inbox.empty() and len(items) < 4096:
+                items.append(self._inbox.get_nowait())
+            emitted: list[Emitted] = []
+            for item in items:
+                kind = item[0]
+                if kind == "frames":
+                    _, sensor, frames, recv_mono, recv_wall = item
+                    by_stream: dict[int, list[Frame]] = {}
+                    for frame in frames:
+                        by_stream.setdefault(frame.stream_id, []).append(frame)
+                    for stream_id, group in by_stream.items():
+                        stream = self._stream(sensor, stream_id)
+                        emitted.extend(stream.ingest(group, recv_mono, recv_wall))
+                        while stream.notices:
+                            what, severity, body = stream.notices.pop(0)
+                            self._event(what, severity, sensor=stream.name, **body)
+                elif kind == "state":
+                    _, sensor, state, detail = item
+                    severity = "info" if state == "connected" else "warning"
+                    self._event(f"sensor.{state}", severity, sensor=sensor, detail=detail)
+                elif kind == "stop":
+                    stopping = True
+            if emitted:
+                batches = await loop.run_in_executor(self._infer, self._infer_all, emitted)
+                self._account(batches)
+                self.store.submit(insert_results(batches), on_commit=self._committed_threadsafe)
+
+    def _infer_all(self, emitted: list[Emitted]) -> list[ResultBatch]:
+        """Run every model once over all windows cut for it in this round (inference thread)."""
+        by_slot: dict[str, list[Emitted]] = {}
+        for e in emitted:
+            by_slot.setdefault(e.model.slot.ref, []).append(e)
+        batches: list[ResultBatch] = []
+        for parts in by_slot.values():
+            slot = parts[0].model.slot
+            windows = (
+                parts[0].cut.windows
+                if len(parts) == 1
+                else np.concatenate([p.cut.windows for p in parts])
+            )
+            out = slot.runtime.run(np.ascontiguousarray(windows, dtype=np.float32))
+            label_index = np.argmax(out, axis=1).astype(np.int64)
+            confidence = out[np.arange(len(out)), label_index].astype(np.float32)
+            manifest = slot.bundle.manifest
+            at = 0
+            for p in parts:
+                n = len(p.cut.windows)
+                batches.append(
+                    ResultBatch(
+                        sensor=p.stream.name,
+                        model=manifest.name,
+                        version=manifest.version,
+                        labels=manifest.output.labels,
+                        t_start=p.cut.t_start,
+                        t_end=p.cut.t_end,
+                        label_index=label_index[at : at + n],
+                        confidence=confidence[at : at + n],
+                        recv_mono=p.recv_mono,
+                    )
+                )
+                at += n
+        return batches
+
+    def _account(self, batches: list[ResultBatch]) -> None:
+        for b in batches:
+            acc = self._summary(b.sensor, b.model, b.version, b.labels)
+            acc.add(b.label_index, b.confidence)
+            if self.on_result is not None:
+                self.on_result(b)
+            if self.config.logging.show_results:
+                self._show(b)
+
+    def _show(self, b: ResultBatch) -> None:
+        now = time.monotonic()
+        if now - self._shown_window > 1.0:
+            self._shown_window, self._shown = now, 0
+        for i in range(len(b)):
+            self._shown += 1
+            if self._shown > 20:
+                return
+            label = b.labels[int(b.label_index[i])] if b.labels else str(int(b.label_index[i]))
+            stamp = time.strftime("%H:%M:%S", time.localtime(float(b.t_end[i])))
+            log.info("result %s %-10s %.2f  %s@%s  window end %s", b.sensor, label,
+                     float(b.confidence[i]), b.model, b.version, stamp)
+
+    def _summary(self, sensor: str, model: str, version: str, labels: list[str]) -> SummaryAccumulator:
+        key = (sensor, f"{model}@{version}")
+        acc = self.summaries.get(key)
+        if acc is None:
+            acc = SummaryAccumulator(sensor, model, version, labels)
+            self.summaries[key] = acc
+        return acc
+
+    def _committed_threadsafe(self, batches: list[tuple[ResultBatch, float]]) -> None:
+        now = time.monotonic()
+        lat = [(b, (now - b.recv_mono) * 1000.0) for b, _ in batches]
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._committed, lat)
+
+    def _committed(self, lat: list[tuple[ResultBatch, float]]) -> None:
+        for b, ms in lat:
+            self.windows_committed += len(b)
+            acc = self._summary(b.sensor, b.model, b.version, b.labels)
+            acc.add_latency(ms, len(b))
+
+    # -- periodic work ---------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        sync = self.config.sync
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        next_heartbeat = now
+        next_results = now + sync.results_interval_s
+        wall = time.time()
+        self._interval_start = wall
+        next_summary = now + (sync.summary_interval_s - wall % sync.summary_interval_s)
+        while True:
+            now = loop.time()
+            if now >= next_heartbeat:
+                next_heartbeat = now + sync.heartbeat_interval_s
+                await self._heartbeat()
+            if now >= next_results:
+                next_results = now + sync.results_interval_s
+                await self._pack_results()
+            if now >= next_summary:
+                next_summary += sync.summary_interval_s
+                await self._close_intervals(final=False)
+            await asyncio.sleep(max(0.0, min(next_heartbeat, next_results, next_summary) - loop.time()))
+
+    async def _pack_results(self) -> None:
+        if not self.config.sync.upload_results:
+            await self.store.call(skip_results_upload())
+            return
+        while True:
+            n = await self.store.call(pack_results(self.config.sync.results_per_message))
+            self.results_uploaded += n
+            if n:
+                self._notify_uplink()
+            if n < self.config.sync.results_per_message:
+                return
+
+    async def _close_intervals(self, *, final: bool) -> None:
+        start = getattr(self, "_interval_start", time.time())
+        end = time.time()
+        self._interval_start = end
+        bodies = []
+        dropped = {
+            (s.name, m.slot.ref): m.cursor.dropped for s in self.streams.values() for m in s.attached
+        }
+        for (sensor, ref), acc in self.summaries.items():
+            body = acc.flush(start, end, dropped.get((sensor, ref), 0))
+            if final:
+                body["partial"] = True
+            bodies.append(body)
+        if bodies:
+            await self.store.call(insert_summaries(bodies))
+            self._notify_uplink()
+
+    def sensor_health(self) -> dict[str, Any]:
+        """Per-sensor state for heartbeats and `status`."""
+        out: dict[str, Any] = {}
+        now = time.monotonic()
+        for cfg in self.config.sensors:
+            link = self.links.get(cfg.name)
+            streams = [s for (name, _), s in self.streams.items() if name == cfg.name]
+            dec = link.decoder.stats if link else None
+            last = max((s.stats.last_data_mono or 0.0 for s in streams), default=0.0)
+            out[cfg.name] = {
+                "link": cfg.link,
+                "state": "disabled" if not cfg.enabled else
+                ("connected" if link and link.connected else "disconnected"),
+                "seconds_since_data": round(now - last, 3) if last else None,
+                "samples": sum(s.stats.samples for s in streams),
+                "frames_lost": sum(s.stats.frames_lost for s in streams),
+                "gaps": sum(s.stats.gaps for s in streams),
+                "crc_errors": dec.crc_errors if dec else 0,
+                "resyncs": dec.resyncs if dec else 0,
+                "windows_dropped": sum(m.cursor.dropped for s in streams for m in s.attached),
+                "models": {
+                    m.slot.ref: ("ok" if m.enabled else m.reason) for s in streams for m in s.attached
+                },
+            }
+        return out
+
+    async def _heartbeat(self) -> None:
+        depth = await self.store.call(outbox_depth())
+        times = os.times()
+        uplink = self.uplink
+        body = {
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "cpu_s": round(times.user + times.system, 3),
+            "rss_mb": round(_rss_mb(), 1),
+            "sensors": self.sensor_health(),
+            "windows_committed": self.windows_committed,
+            "outbox_depth": depth,
+            "store": {
+                "commits": self.store.stats.commits,
+                "failed_commits": self.store.stats.failed_commits,
+                "last_error": self.store.stats.last_error,
+            },
+            "mqtt": {
+                "connected": bool(uplink and uplink.stats.connected),
+                "published": uplink.stats.published if uplink else 0,
+                "acked": uplink.stats.acked if uplink else 0,
+                "last_error": uplink.stats.last_error if uplink else None,
+            },
+        }
+        await self.store.call(enqueue("heartbeat", body))
+        self._notify_uplink()
+
+
+def run_daemon(config: AgentConfig) -> int:
+    """Run until SIGINT/SIGTERM; returns the process exit code."""
+    daemon = Daemon(config)
+    failed: list[BaseException] = []
+    try:
+        asyncio.run(daemon.run())
+    except* EdgeAgentError as group:
+        failed.extend(group.exceptions)
+    for err in failed:
+        log.error("%s", err)
+    return 1 if failed else 0

@@ -1,0 +1,74 @@
+"""The exception tree of edge-agent.
+
+One base class, subclasses that also inherit the matching built-in where one
+exists, and structured fields so callers (and the CLI) can report precisely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class EdgeAgentError(Exception):
+    """Base class of every error raised on purpose by edge-agent."""
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem found in a configuration: where it is and what is wrong."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '<root>'}: {self.message}"
+
+
+class ConfigError(EdgeAgentError, ValueError):
+    """A configuration file or override is invalid.
+
+    Attributes:
+        source: The file (or "environment") the bad values came from.
+        issues: Every problem found, each with its dotted key path.
+    """
+
+    def __init__(self, source: str, issues: Sequence[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = list(issues)
+        lines = "\n".join(f"  {issue}" for issue in self.issues)
+        super().__init__(f"invalid configuration in {source}:\n{lines}")
+
+
+class BundleError(EdgeAgentError, ValueError):
+    """A model bundle is missing, malformed or does not match its manifest.
+
+    Attributes:
+        bundle: The bundle directory or name.
+        reason: What is wrong and, where possible, what to do.
+    """
+
+    def __init__(self, bundle: str, reason: str) -> None:
+        self.bundle = bundle
+        self.reason = reason
+        super().__init__(f"model bundle {bundle}: {reason}")
+
+
+class RuntimeBackendError(EdgeAgentError, RuntimeError):
+    """An inference runtime could not load or run a model."""
+
+
+class LinkError(EdgeAgentError, OSError):
+    """A sensor link could not be opened or failed while reading.
+
+    Attributes:
+        sensor: The configured sensor name.
+    """
+
+    def __init__(self, sensor: str, message: str) -> None:
+        self.sensor = sensor
+        super().__init__(f"sensor {sensor}: {message}")
+
+
+class StoreError(EdgeAgentError, OSError):
+    """The local SQLite store failed (disk full, corruption, permissions)."""

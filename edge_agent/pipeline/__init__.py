@@ -1,0 +1,1 @@
+"""The data path between a link and a model: clocks, ring buffers and windows."""

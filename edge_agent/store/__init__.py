@@ -1,0 +1,1 @@
+"""The local SQLite store: one owner thread, batched transactions, the outbox."""

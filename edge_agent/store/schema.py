@@ -1,0 +1,93 @@
+"""Schema of the local database and its migrations, tracked by `PRAGMA user_version`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["results"].create(
+        {
+            "id": int,
+            "sensor": str,
+            "model": str,
+            "model_version": str,
+            "t_start": float,
+            "t_end": float,
+            "label": str,
+            "confidence": float,
+        },
+        pk="id",
+        not_null={"sensor", "model", "model_version", "t_start", "t_end"},
+    )
+    db["results"].create_index(["sensor", "t_end"])
+    db["summaries"].create(
+        {
+            "id": int,
+            "sensor": str,
+            "model": str,
+            "model_version": str,
+            "t_start": float,
+            "t_end": float,
+            "body": str,
+        },
+        pk="id",
+    )
+    db["events"].create(
+        {"id": int, "ts": float, "kind": str, "sensor": str, "severity": str, "body": str},
+        pk="id",
+    )
+    db["outbox"].create(
+        {
+            "id": int,
+            "topic": str,
+            "kind": str,
+            "priority": int,
+            "seq": int,
+            "msg_id": str,
+            "payload": bytes,
+            "created": float,
+            "retain": int,
+        },
+        pk="id",
+        not_null={"topic", "kind", "priority", "seq", "msg_id", "payload", "created"},
+        defaults={"retain": 0},
+    )
+    db["outbox"].create_index(["priority", "id"])
+    db["topic_seq"].create({"topic": str, "seq": int}, pk="topic", not_null={"seq"})
+
+
+# Index i holds the migration from user_version i to i + 1. Append, never edit.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Bring the database to `SCHEMA_VERSION`, one transaction per step.
+
+    Returns:
+        The version the database had before.
+
+    Raises:
+        RuntimeError: the database is newer than this edge-agent (a downgrade).
+    """
+    conn = db.conn
+    before = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if before > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema {before} is newer than this edge-agent supports "
+            f"({SCHEMA_VERSION}); upgrade edge-agent or point storage.path elsewhere"
+        )
+    for version in range(before, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS[version](db)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return before

@@ -1,0 +1,1 @@
+"""Upstream sync: the MQTT session that drains the SQLite outbox."""

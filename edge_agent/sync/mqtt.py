@@ -1,0 +1,378 @@
+"""MQTT uplink on paho-mqtt 2.x, driven by the asyncio loop.
+
+paho's socket is handed to the event loop (`add_reader`/`add_writer`), so every
+paho callback runs on the loop thread and nothing here needs a lock. Each
+connection attempt uses a fresh paho client: the SQLite outbox is the only
+queue, so paho never re-sends on its own and a message is deleted from the
+outbox only after its PUBACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.config import AgentConfig
+from edge_agent.store.db import Store, Txn, delete_outbox, dumps, fetch_outbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UplinkStats:
+    """What the uplink did, for heartbeats and `status`."""
+
+    connected: bool = False
+    connects: int = 0
+    connect_failures: int = 0
+    published: int = 0
+    acked: int = 0
+    last_error: str | None = None
+    connected_since: float | None = None
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter, so a fleet does not reconnect in lockstep."""
+
+    def __init__(self, minimum: float, maximum: float, rng: random.Random | None = None) -> None:
+        self.minimum = minimum
+        self.maximum = max(maximum, minimum)
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        """Delay before the next attempt: uniform in [min, min(max, min * 2^failures)]."""
+        ceiling = min(self.maximum, self.minimum * (2**self.failures))
+        self.failures = min(self.failures + 1, 32)
+        return self._rng.uniform(self.minimum, ceiling)
+
+    def reset(self) -> None:
+        """Call after a connection proved healthy."""
+        self.failures = 0
+
+
+class _Connection:
+    """One paho client bound to the event loop for the life of one TCP connection."""
+
+    def __init__(self, uplink: MqttUplink, loop: asyncio.AbstractEventLoop) -> None:
+        self.uplink = uplink
+        self.loop = loop
+        cfg = uplink.config.mqtt
+        protocol = MQTTProtocolVersion.MQTTv5 if cfg.protocol == "5" else MQTTProtocolVersion.MQTTv311
+        self.v5 = protocol == MQTTProtocolVersion.MQTTv5
+        kwargs: dict[str, Any] = {}
+        if not self.v5:
+            kwargs["clean_session"] = True
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=uplink.config.client_id,
+            protocol=protocol,
+            **kwargs,
+        )
+        if cfg.username:
+            password = cfg.password.get_secret_value() if cfg.password else None
+            self.client.username_pw_set(cfg.username, password)
+        self.client.max_inflight_messages_set(cfg.max_inflight)
+        self.client.max_queued_messages_set(0)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_socket_open = self._on_socket_open
+        self.client.on_socket_close = self._on_socket_close
+        self.client.on_socket_register_write = self._on_register_write
+        self.client.on_socket_unregister_write = self._on_unregister_write
+        self.connack: asyncio.Future[ReasonCode] = loop.create_future()
+        self.closed = asyncio.Event()
+        self.inflight: dict[int, int] = {}
+        self._misc: asyncio.Task[None] | None = None
+        self._sock: socket.socket | None = None
+        self._loop_thread = threading.get_ident()
+
+    # paho socket callbacks: may fire on a worker thread during connect(), so hop to the loop.
+    def _in_loop(self, fn: Callable[[], None]) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn()
+        else:
+            self.loop.call_soon_threadsafe(fn)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        def register() -> None:
+            self._sock = sock
+            self.loop.add_reader(sock, self._read)
+            self._misc = self.loop.create_task(self._misc_loop(), name="mqtt-misc")
+
+        self._in_loop(register)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        def unregister() -> None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(sock)
+                self.loop.remove_writer(sock)
+            if self._misc is not None:
+                self._misc.cancel()
+            self.closed.set()
+
+        self._in_loop(unregister)
+
+    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(lambda: self.loop.add_writer(sock, self._write))
+
+    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        def unregister() -> None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_writer(sock)
+
+        self._in_loop(unregister)
+
+    def _read(self) -> None:
+        self.client.loop_read()
+
+    def _write(self) -> None:
+        self.client.loop_write()
+
+    async def _misc_loop(self) -> None:
+        while self.client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
+            await asyncio.sleep(1.0)
+
+    # paho protocol callbacks (loop thread)
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if not self.connack.done():
+            self.connack.set_result(reason)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if not self.connack.done():
+            self.connack.set_result(reason)
+        self.closed.set()
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
+    ) -> None:
+        row_id = self.inflight.pop(mid, None)
+        if row_id is None:
+            return
+        if reason.is_failure:
+            # The broker refused it (quota, authorisation): keep it for the next connection.
+            self.uplink.note_error(f"broker refused a publish: {reason}")
+            return
+        self.uplink.acked(row_id)
+
+    def close(self) -> None:
+        if self._misc is not None:
+            self._misc.cancel()
+        if self._sock is not None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self._sock)
+                self.loop.remove_writer(self._sock)
+        sock = self.client.socket()
+        if sock is not None:
+            # Close without DISCONNECT, so the broker publishes our last will.
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+class MqttUplink:
+    """Keeps an MQTT session up and drains the outbox through it."""
+
+    def __init__(self, config: AgentConfig, store: Store, *, on_state: Callable[[bool], None] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.stats = UplinkStats()
+        self.backoff = Backoff(config.mqtt.reconnect_min_s, config.mqtt.reconnect_max_s)
+        self.wake = asyncio.Event()
+        self._stop_ev = asyncio.Event()
+        self._on_state = on_state
+        self._acks: list[int] = []
+        self._deleting: set[int] = set()
+        self._ack_task: asyncio.Task[None] | None = None
+        self._conn: _Connection | None = None
+        self._stopping = False
+        self._will: tuple[int, str] | None = None
+        self.status_topic = f"{config.topic_root}/status"
+
+    # -- called by the daemon ----------------------------------------------------------------
+
+    def notify(self) -> None:
+        """New rows are in the outbox."""
+        self.wake.set()
+
+    def note_error(self, message: str) -> None:
+        """Remember an error; logged in full only when it changes."""
+        if message != self.stats.last_error:
+            log.warning("mqtt: %s", message)
+        self.stats.last_error = message
+
+    def acked(self, row_id: int) -> None:
+        """A PUBACK arrived for an outbox row."""
+        self.stats.acked += 1
+        self._acks.append(row_id)
+        self._deleting.add(row_id)
+        if self._ack_task is None or self._ack_task.done():
+            self._ack_task = asyncio.get_running_loop().create_task(self._flush_acks())
+        self.wake.set()
+
+    async def _flush_acks(self) -> None:
+        while self._acks:
+            ids, self._acks = self._acks, []
+            await self.store.call(delete_outbox(ids))
+            self._deleting.difference_update(ids)
+
+    # -- the session --------------------------------------------------------------------------
+
+    def _status_body(self, state: str, seq: int, msg_id: str) -> bytes:
+        return dumps(
+            {
+                "device": self.config.device.id,
+                "seq": seq,
+                "msg_id": msg_id,
+                "ts": round(time.time(), 6),
+                "state": state,
+                "tenant": self.config.device.tenant,
+                "site": self.config.device.site,
+            }
+        )
+
+    async def _allocate_status(self) -> tuple[int, str, int, str]:
+        def op(txn: Txn) -> tuple[int, int]:
+            return txn.next_seq("status"), txn.next_seq("status")
+
+        online_seq, will_seq = await self.store.call(op)
+        return online_seq, uuid.uuid4().hex, will_seq, uuid.uuid4().hex
+
+    async def run(self) -> None:
+        """Connect, drain, reconnect forever (until cancelled or `stop()`)."""
+        loop = asyncio.get_running_loop()
+        cfg = self.config.mqtt
+        while not self._stopping:
+            online_seq, online_id, will_seq, will_id = await self._allocate_status()
+            conn = _Connection(self, loop)
+            self._conn = conn
+            conn.client.will_set(
+                self.status_topic, self._status_body("offline", will_seq, will_id), qos=1, retain=True
+            )
+            self._will = (will_seq, will_id)
+            connected = False
+            try:
+                await asyncio.wait_for(
+                    asyncio.to_thread(conn.client.connect, cfg.host, cfg.port, cfg.keepalive_s),
+                    timeout=15,
+                )
+                reason = await asyncio.wait_for(asyncio.shield(conn.connack), timeout=15)
+                if reason.is_failure:
+                    # Never treat a refused CONNACK as a connection.
+                    raise ConnectionRefusedError(f"broker refused the connection: {reason}")
+                connected = True
+                self._set_connected(True)
+                conn.client.publish(
+                    self.status_topic, self._status_body("online", online_seq, online_id), qos=1, retain=True
+                )
+                healthy_after = loop.time() + 10.0
+                await self._drain(conn, healthy_after)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, TimeoutError, ConnectionError) as err:
+                what = str(err) or type(err).__name__
+                if connected:
+                    self.note_error(f"connection to {cfg.host}:{cfg.port} lost: {what}")
+                else:
+                    self.stats.connect_failures += 1
+                    self.note_error(
+                        f"broker {cfg.host}:{cfg.port} unreachable: {what}; everything is kept "
+                        "in the outbox and sent once it is reachable"
+                    )
+            finally:
+                if connected:
+                    self._set_connected(False)
+                conn.close()
+                self._conn = None
+            if self._stopping:
+                break
+            delay = self.backoff.next_delay()
+            log.debug("mqtt: reconnecting in %.2f s", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_ev.wait(), timeout=delay)
+
+    def _set_connected(self, connected: bool) -> None:
+        self.stats.connected = connected
+        if connected:
+            self.stats.connects += 1
+            self.stats.connected_since = time.time()
+            log.info("mqtt: connected to %s:%d", self.config.mqtt.host, self.config.mqtt.port)
+            self.stats.last_error = None
+        else:
+            self.stats.connected_since = None
+        if self._on_state is not None:
+            self._on_state(connected)
+
+    async def _drain(self, conn: _Connection, healthy_after: float) -> None:
+        loop = asyncio.get_running_loop()
+        window = self.config.mqtt.max_inflight
+        while not conn.closed.is_set():
+            if loop.time() > healthy_after:
+                self.backoff.reset()
+            room = window - len(conn.inflight)
+            rows = []
+            if room > 0:
+                exclude = set(conn.inflight.values()) | self._deleting
+                rows = await self.store.call(fetch_outbox(room, exclude))
+            for row in rows:
+                if conn.closed.is_set():
+                    break
+                info = conn.client.publish(row.topic, row.payload, qos=1, retain=row.retain)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    break
+                conn.inflight[info.mid] = row.id
+                self.stats.published += 1
+            if rows and len(rows) == room:
+                continue
+            self.wake.clear()
+            waiter = loop.create_task(self.wake.wait())
+            closer = loop.create_task(conn.closed.wait())
+            try:
+                await asyncio.wait({waiter, closer}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                closer.cancel()
+        if not self._stopping:
+            raise ConnectionResetError("connection lost")
+
+    async def stop(self, timeout: float = 3.0) -> None:
+        """Let in-flight messages be acknowledged, publish `offline`, disconnect cleanly."""
+        self._stopping = True
+        self._stop_ev.set()
+        conn = self._conn
+        if conn is None or not self.stats.connected:
+            return
+        deadline = time.monotonic() + timeout
+        while conn.inflight and time.monotonic() < deadline and not conn.closed.is_set():
+            await asyncio.sleep(0.02)
+        if self._ack_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ack_task, timeout=max(0.1, deadline - time.monotonic()))
+        if self._will is not None and not conn.closed.is_set():
+            seq, msg_id = self._will
+            info = conn.client.publish(
+                self.status_topic, self._status_body("offline", seq, msg_id), qos=1, retain=True
+            )
+            with contextlib.suppress(Exception):
+                while not info.is_published() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+            conn.client.disconnect()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(conn.closed.wait(), timeout=1.0)

@@ -1,0 +1,108 @@
+"""The base class of every link: a reader thread that decodes frames and hands them on."""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from firmware_bridge.protocol.v1 import Decoder, Frame
+
+
+class LinkSink(Protocol):
+    """Receives what a link produces. Called from the link's own thread."""
+
+    def on_frames(
+        self, sensor: str, frames: list[Frame], recv_mono: float, recv_wall: float
+    ) -> None:
+        """Decoded frames of one read, with the host times the bytes arrived."""
+
+    def on_link_state(self, sensor: str, state: str, detail: str) -> None:
+        """`connected` or `lost`, with a human-readable detail."""
+
+
+@dataclass
+class LinkStats:
+    """Counters of one link, beside its decoder's."""
+
+    opens: int = 0
+    losses: int = 0
+    reads: int = 0
+    bytes: int = 0
+    last_error: str | None = None
+
+
+class Link(ABC):
+    """One sensor connection. `start()` spawns the reader; `close()` stops it (idempotent)."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, config: Any, sink: LinkSink) -> None:
+        self.config = config
+        self.name: str = config.name
+        self.sink = sink
+        self.decoder = Decoder()
+        self.stats = LinkStats()
+        self.connected = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        """Start the reader thread."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name=f"link-{self.name}", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop reading and release the device; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._interrupt()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._thread = None
+        self._release()
+
+    def __del__(self) -> None:
+        if not self._closed and self._thread is not None:
+            warnings.warn(
+                f"{type(self).__name__}({self.name}) never closed", ResourceWarning, stacklevel=1
+            )
+
+    @abstractmethod
+    def _run(self) -> None:
+        """The reader thread's body; returns when `_stop` is set."""
+
+    def _interrupt(self) -> None:  # noqa: B027 - optional hook
+        """Wake a blocked read so the thread sees `_stop`."""
+
+    def _release(self) -> None:  # noqa: B027 - optional hook
+        """Free resources after the thread ended."""
+
+    def _deliver(self, data: bytes) -> None:
+        """Decode bytes read and hand complete frames to the sink."""
+        recv_mono = time.monotonic()
+        recv_wall = time.time()
+        self.stats.reads += 1
+        self.stats.bytes += len(data)
+        frames = self.decoder.feed(data)
+        if frames:
+            self.sink.on_frames(self.name, frames, recv_mono, recv_wall)
+
+    def _set_state(self, connected: bool, detail: str) -> None:
+        if connected == self.connected:
+            return
+        self.connected = connected
+        if connected:
+            self.stats.opens += 1
+        else:
+            self.stats.losses += 1
+            self.stats.last_error = detail
+        self.sink.on_link_state(self.name, "connected" if connected else "lost", detail)
