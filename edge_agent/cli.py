@@ -64,7 +64,12 @@ def run(config: ConfigOption = None) -> None:
     source = str(config) if config else "embedded default"
     logging.getLogger("edge_agent").info(
         "edge-agent %s starting (config: %s, database: %s, broker: %s:%d, topics: %s/...)",
-        __version__, source, cfg.storage.path, cfg.mqtt.host, cfg.mqtt.port, cfg.topic_root,
+        __version__,
+        source,
+        cfg.storage.path,
+        cfg.mqtt.host,
+        cfg.mqtt.port,
+        cfg.topic_root,
     )
     raise typer.Exit(run_daemon(cfg))
 

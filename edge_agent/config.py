@@ -129,9 +129,7 @@ class ModelsConfig(Section):
 class SensorBase(Section):
     """Keys every sensor has, whatever its link."""
 
-    name: str = Field(
-        min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Unique sensor name."
-    )
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Unique sensor name.")
     models: list[str] = Field(
         default_factory=lambda: ["imu-activity"],
         description="Model bundles run on this sensor's windows: 'name' or 'name@version'.",
@@ -140,7 +138,9 @@ class SensorBase(Section):
         default="drop",
         description="On a sequence gap: drop windows spanning it, or ignore the gap.",
     )
-    enabled: bool = Field(default=True, description="Set false to keep a sensor configured but off.")
+    enabled: bool = Field(
+        default=True, description="Set false to keep a sensor configured but off."
+    )
 
 
 class SerialSensorConfig(SensorBase):
@@ -170,7 +170,7 @@ class BleSensorConfig(SensorBase):
     )
     notify_uuid: str = Field(
         default="6e400003-b5a3-f393-e0a9-e50e24dcca9e",
-        description="Characteristic whose notifications carry the frames (default: Nordic UART TX).",
+        description="Characteristic whose notifications carry frames (default: Nordic UART TX).",
     )
 
 
@@ -216,7 +216,8 @@ class LoggingConfig(Section):
         default="INFO", description="Least severe level logged."
     )
     show_results: bool = Field(
-        default=True, description="Log every window result (handy on a terminal, noisy in a journal)."
+        default=True,
+        description="Log every window result (handy on a terminal, noisy in a journal).",
     )
 
 
@@ -375,7 +376,7 @@ def render_config(config: AgentConfig) -> str:
     """The effective config as TOML-like text with secrets masked."""
     data = config.model_dump(mode="json")
     if config.mqtt.password is not None:
-        data["mqtt"]["password"] = "********"
+        data["mqtt"]["password"] = "********"  # noqa: S105 - the mask, not a password
     return _to_toml(data)
 
 

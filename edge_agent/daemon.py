@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -142,8 +143,6 @@ def insert_summaries(bodies: list[dict[str, Any]]) -> Op[int]:
     """Store summaries and queue them for upload in one transaction."""
 
     def op(txn: Txn) -> int:
-        import json
-
         for body in bodies:
             txn.conn.execute(
                 "INSERT INTO summaries(sensor, model, model_version, t_start, t_end, body) "
@@ -164,9 +163,11 @@ def insert_summaries(bodies: list[dict[str, Any]]) -> Op[int]:
 
 
 def _rss_mb() -> float:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    with (
+        contextlib.suppress(OSError, ValueError, IndexError),
+        open("/proc/self/statm", encoding="ascii") as fh,
+    ):
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
     return 0.0
 
 
@@ -209,11 +210,15 @@ class Daemon:
 
     # -- thread → loop bridge (called on link threads) -------------------------------------------
 
-    def on_frames(self, sensor: str, frames: list[Frame], recv_mono: float, recv_wall: float) -> None:
+    def on_frames(
+        self, sensor: str, frames: list[Frame], recv_mono: float, recv_wall: float
+    ) -> None:
         """LinkSink: hand a read's frames to the loop."""
         loop = self._loop
         if loop is not None:
-            loop.call_soon_threadsafe(self._inbox.put_nowait, ("frames", sensor, frames, recv_mono, recv_wall))
+            loop.call_soon_threadsafe(
+                self._inbox.put_nowait, ("frames", sensor, frames, recv_mono, recv_wall)
+            )
 
     def on_link_state(self, sensor: str, state: str, detail: str) -> None:
         """LinkSink: a sensor connected or was lost."""
@@ -231,12 +236,16 @@ class Daemon:
         else:
             self._stop.set()
 
-    def _event(self, kind: str, severity: str = "info", sensor: str | None = None, **body: Any) -> None:
+    def _event(
+        self, kind: str, severity: str = "info", sensor: str | None = None, **body: Any
+    ) -> None:
         level = {"info": logging.INFO, "warning": logging.WARNING}.get(severity, logging.ERROR)
         detail = " ".join(f"{k}={v}" for k, v in body.items())
         log.log(level, "event %s%s %s", kind, f" [{sensor}]" if sensor else "", detail)
-        self.store.submit(record_event(kind, body, sensor=sensor, severity=severity),
-                          on_commit=lambda _: self._notify_uplink())
+        self.store.submit(
+            record_event(kind, body, sensor=sensor, severity=severity),
+            on_commit=lambda _: self._notify_uplink(),
+        )
 
     def _notify_uplink(self) -> None:
         loop, uplink = self._loop, self.uplink
@@ -253,12 +262,17 @@ class Daemon:
                         bundle = find_bundle(ref, search)
                         runtime = open_runtime(bundle)
                         self.slots[ref] = ModelSlot(bundle, runtime)
-                        log.info("model %s loaded from %s (%s)", bundle.ref, bundle.path,
-                                 bundle.manifest.runtime)
+                        log.info(
+                            "model %s loaded from %s (%s)",
+                            bundle.ref,
+                            bundle.path,
+                            bundle.manifest.runtime,
+                        )
                     slots.append(self.slots[ref])
                 except (BundleError, RuntimeBackendError) as err:
-                    self._event("model.load_failed", "error", sensor=sensor.name, model=ref,
-                                reason=str(err))
+                    self._event(
+                        "model.load_failed", "error", sensor=sensor.name, model=ref, reason=str(err)
+                    )
             self.sensor_models[sensor.name] = slots
 
     def _stream(self, sensor: str, stream_id: int) -> SensorStream:
@@ -267,7 +281,9 @@ class Daemon:
         if stream is None:
             cfg = next(s for s in self.config.sensors if s.name == sensor)
             name = sensor if stream_id == 0 else f"{sensor}.{stream_id}"
-            stream = SensorStream(name, self.sensor_models.get(sensor, []), gap_policy=cfg.gap_policy)
+            stream = SensorStream(
+                name, self.sensor_models.get(sensor, []), gap_policy=cfg.gap_policy
+            )
             self.streams[key] = stream
         return stream
 
@@ -284,7 +300,9 @@ class Daemon:
             log.info("store: created %s", self.config.storage.path)
         await asyncio.to_thread(self._load_models)
         self.uplink = MqttUplink(self.config, self.store)
-        self._event("agent.started", version=__version__, sensors=[s.name for s in self.config.sensors])
+        self._event(
+            "agent.started", version=__version__, sensors=[s.name for s in self.config.sensors]
+        )
         for sensor in self.config.sensors:
             if not sensor.enabled:
                 continue
@@ -304,12 +322,16 @@ class Daemon:
                 await self._stop.wait()
                 log.info("stopping: closing sensors, flushing results")
                 ticker.cancel()
-                await asyncio.gather(*(asyncio.to_thread(link.close) for link in self.links.values()))
+                await asyncio.gather(
+                    *(asyncio.to_thread(link.close) for link in self.links.values())
+                )
                 await self._inbox.put(("stop",))
                 await pipeline
                 await self._close_intervals(final=True)
                 await self._pack_results()
-                self._event("agent.stopped", uptime_s=round(time.monotonic() - self.started_mono, 1))
+                self._event(
+                    "agent.stopped", uptime_s=round(time.monotonic() - self.started_mono, 1)
+                )
                 await self.store.call(outbox_depth())
                 self._notify_uplink()
                 await self.uplink.stop(timeout=3.0)
@@ -411,10 +433,19 @@ class Daemon:
                 return
             label = b.labels[int(b.label_index[i])] if b.labels else str(int(b.label_index[i]))
             stamp = time.strftime("%H:%M:%S", time.localtime(float(b.t_end[i])))
-            log.info("result %s %-10s %.2f  %s@%s  window end %s", b.sensor, label,
-                     float(b.confidence[i]), b.model, b.version, stamp)
+            log.info(
+                "result %s %-10s %.2f  %s@%s  window end %s",
+                b.sensor,
+                label,
+                float(b.confidence[i]),
+                b.model,
+                b.version,
+                stamp,
+            )
 
-    def _summary(self, sensor: str, model: str, version: str, labels: list[str]) -> SummaryAccumulator:
+    def _summary(
+        self, sensor: str, model: str, version: str, labels: list[str]
+    ) -> SummaryAccumulator:
         key = (sensor, f"{model}@{version}")
         acc = self.summaries.get(key)
         if acc is None:
@@ -457,7 +488,9 @@ class Daemon:
             if now >= next_summary:
                 next_summary += sync.summary_interval_s
                 await self._close_intervals(final=False)
-            await asyncio.sleep(max(0.0, min(next_heartbeat, next_results, next_summary) - loop.time()))
+            await asyncio.sleep(
+                max(0.0, min(next_heartbeat, next_results, next_summary) - loop.time())
+            )
 
     async def _pack_results(self) -> None:
         if not self.config.sync.upload_results:
@@ -477,7 +510,9 @@ class Daemon:
         self._interval_start = end
         bodies = []
         dropped = {
-            (s.name, m.slot.ref): m.cursor.dropped for s in self.streams.values() for m in s.attached
+            (s.name, m.slot.ref): m.cursor.dropped
+            for s in self.streams.values()
+            for m in s.attached
         }
         for (sensor, ref), acc in self.summaries.items():
             body = acc.flush(start, end, dropped.get((sensor, ref), 0))
@@ -499,8 +534,9 @@ class Daemon:
             last = max((s.stats.last_data_mono or 0.0 for s in streams), default=0.0)
             out[cfg.name] = {
                 "link": cfg.link,
-                "state": "disabled" if not cfg.enabled else
-                ("connected" if link and link.connected else "disconnected"),
+                "state": "disabled"
+                if not cfg.enabled
+                else ("connected" if link and link.connected else "disconnected"),
                 "seconds_since_data": round(now - last, 3) if last else None,
                 "samples": sum(s.stats.samples for s in streams),
                 "frames_lost": sum(s.stats.frames_lost for s in streams),
@@ -509,7 +545,9 @@ class Daemon:
                 "resyncs": dec.resyncs if dec else 0,
                 "windows_dropped": sum(m.cursor.dropped for s in streams for m in s.attached),
                 "models": {
-                    m.slot.ref: ("ok" if m.enabled else m.reason) for s in streams for m in s.attached
+                    m.slot.ref: ("ok" if m.enabled else m.reason)
+                    for s in streams
+                    for m in s.attached
                 },
             }
         return out

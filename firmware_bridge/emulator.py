@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import io
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self, TextIO
+from typing import NamedTuple, Protocol, Self, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -149,6 +150,14 @@ class RecordingError(ValueError):
 _HEADER_CELL = re.compile(r"^(?P<name>[^\[\]]+?)\s*(?:\[(?P<unit>[^\[\]]*)\])?$")
 
 
+class _CsvHeader(NamedTuple):
+    cells: list[str]
+    channels: tuple[str, ...]
+    units: tuple[str, ...]
+    value_columns: tuple[int, ...]
+    label_index: int | None
+
+
 class CsvRecording:
     """Motion recorded to CSV, replayed in a loop.
 
@@ -167,6 +176,7 @@ class CsvRecording:
         timestamps: Timestamp of each sample, seconds.
         data: ``(n_samples, n_channels)`` float32 values.
         labels: Label of each sample, None where the label cell is empty or absent.
+        has_labels: Whether the file has a ``label`` column.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -178,14 +188,14 @@ class CsvRecording:
         """
         self.path = Path(path)
         self._position = 0
-        header, rows = self._parse()
-        self.channels, self.units, label_column = header
-        timestamps = np.array([row[0] for row in rows], dtype=np.float64)
-        self.timestamps = timestamps
-        self.data = np.array([row[1] for row in rows], dtype=np.float32)
-        self.labels: list[str | None] = [row[2] for row in rows]
-        self.has_labels = label_column
-        self.rate_hz = float(1.0 / np.median(np.diff(timestamps)))
+        header, timestamps, values, labels = self._parse()
+        self.channels = header.channels
+        self.units = header.units
+        self.has_labels = header.label_index is not None
+        self.timestamps = np.array(timestamps, dtype=np.float64)
+        self.data = np.array(values, dtype=np.float32).reshape(len(labels), len(self.channels))
+        self.labels = labels
+        self.rate_hz = float(1.0 / np.median(np.diff(self.timestamps)))
         peaks = np.abs(self.data).max(axis=0)
         self.full_scale = tuple(
             max(_UNIT_FULL_SCALE.get(unit.lower(), 0.0), 2.0 * float(peak)) or 1.0
@@ -235,74 +245,69 @@ class CsvRecording:
     def _fail(self, line: int | None, reason: str) -> RecordingError:
         return RecordingError(self.path, line, reason)
 
-    def _parse(
-        self,
-    ) -> tuple[
-        tuple[tuple[str, ...], tuple[str, ...], bool],
-        list[tuple[float, list[float], str | None]],
-    ]:
-        header: tuple[tuple[str, ...], tuple[str, ...], bool] | None = None
-        label_index: int | None = None
-        header_cells: list[str] = []
-        rows: list[tuple[float, list[float], str | None]] = []
-        previous: tuple[float, int] | None = None
-        with self.path.open(encoding="utf-8-sig", newline="") as file:
-            reader = csv.reader(file)
-            line = 0
-            try:
-                for row in reader:
-                    line = reader.line_num
-                    if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-                        continue
-                    cells = [cell.strip() for cell in row]
-                    if header is None:
-                        header, label_index = self._parse_header(cells, line)
-                        header_cells = cells
-                        continue
-                    if len(cells) != len(header_cells):
-                        raise self._fail(
-                            line,
-                            f"expected {len(header_cells)} fields like the header, "
-                            f"found {len(cells)}",
-                        )
-                    timestamp = self._number(cells[0], "timestamp", line)
-                    if previous is not None and timestamp <= previous[0]:
-                        raise self._fail(
-                            line,
-                            f"timestamp {cells[0]} is not after the previous one "
-                            f"({previous[0]:g} on line {previous[1]}); timestamps must increase",
-                        )
-                    previous = (timestamp, line)
-                    values = [
-                        self._number(cell, f"column {name!r}", line)
-                        for index, (cell, name) in enumerate(zip(cells, header_cells, strict=True))
-                        if index not in (0, label_index)
+    def _parse(self) -> tuple[_CsvHeader, list[float], list[list[float]], list[str | None]]:
+        raw = self.path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            line = raw.count(b"\n", 0, err.start) + 1
+            raise self._fail(line, f"not UTF-8 text (byte 0x{raw[err.start]:02x})") from None
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        header: _CsvHeader | None = None
+        timestamps: list[float] = []
+        values: list[list[float]] = []
+        labels: list[str | None] = []
+        previous_line = 0
+        try:
+            for row in reader:
+                line = reader.line_num
+                if not "".join(row).strip() or row[0].lstrip().startswith("#"):
+                    continue
+                cells = [cell.strip() for cell in row]
+                if header is None:
+                    header = self._parse_header(cells, line)
+                    continue
+                if len(cells) != len(header.cells):
+                    raise self._fail(
+                        line,
+                        f"expected {len(header.cells)} fields like the header, found {len(cells)}",
+                    )
+                timestamp = self._number(cells[0], "timestamp", line)
+                if timestamps and timestamp <= timestamps[-1]:
+                    raise self._fail(
+                        line,
+                        f"timestamp {cells[0]} is not after the previous one "
+                        f"({timestamps[-1]:g} on line {previous_line}); timestamps must increase",
+                    )
+                timestamps.append(timestamp)
+                previous_line = line
+                values.append(
+                    [
+                        self._number(cells[i], f"column {header.cells[i]!r}", line)
+                        for i in header.value_columns
                     ]
-                    label = cells[label_index] if label_index is not None else ""
-                    rows.append((timestamp, values, label or None))
-            except UnicodeDecodeError as err:
-                raise self._fail(
-                    line + 1 if line else None, f"not UTF-8 text ({err.reason})"
-                ) from err
-            except csv.Error as err:
-                raise self._fail(reader.line_num, f"CSV syntax error: {err}") from err
+                )
+                label = cells[header.label_index] if header.label_index is not None else ""
+                labels.append(label or None)
+        except csv.Error as err:
+            raise self._fail(reader.line_num, f"CSV syntax error: {err}") from err
         if header is None:
             raise self._fail(None, "no header row; expected one starting with 'timestamp'")
-        if len(rows) < 2:
+        if len(labels) < 2:
             raise self._fail(
-                None, f"has {len(rows)} data rows; at least 2 are needed to derive the sample rate"
+                None,
+                f"has {len(labels)} data rows; at least 2 are needed to derive the sample rate",
             )
-        return header, rows
+        return header, timestamps, values, labels
 
-    def _parse_header(
-        self, cells: list[str], line: int
-    ) -> tuple[tuple[tuple[str, ...], tuple[str, ...], bool], int | None]:
+    def _parse_header(self, cells: list[str], line: int) -> _CsvHeader:
         if cells[0].lower() != "timestamp":
             raise self._fail(
                 line, f"first column must be 'timestamp' (seconds), found {cells[0]!r}"
             )
         names: list[str] = []
         units: list[str] = []
+        value_columns: list[int] = []
         label_index: int | None = None
         for index, cell in enumerate(cells[1:], start=1):
             if cell.lower() == "label":
@@ -313,27 +318,24 @@ class CsvRecording:
             match = _HEADER_CELL.match(cell)
             if match is None:
                 raise self._fail(
-                    line,
-                    f"column {index + 1}: {cell!r} is not a channel name or 'name[unit]'",
+                    line, f"column {index + 1}: {cell!r} is not a channel name or 'name[unit]'"
                 )
             name = match["name"]
-            unit = match["unit"].strip() if match["unit"] is not None else None
             if name in names:
                 raise self._fail(line, f"column {index + 1}: channel {name!r} appears twice")
-            if unit is None:
-                unit = _NAME_UNITS.get(name.lower(), "")
+            unit = match["unit"]
+            unit = _NAME_UNITS.get(name.lower(), "") if unit is None else unit.strip()
             for text, what in ((name, "name"), (unit, "unit")):
                 if len(text.encode("utf-8")) > 0xFF:
-                    raise self._fail(
-                        line, f"column {index + 1}: channel {what} longer than 255 bytes"
-                    )
+                    raise self._fail(line, f"column {index + 1}: channel {what} over 255 bytes")
             names.append(name)
             units.append(unit)
+            value_columns.append(index)
         if not names:
             raise self._fail(line, "no channel columns after 'timestamp'")
         if len(names) > 0xFF:
             raise self._fail(line, f"{len(names)} channels; the protocol carries at most 255")
-        return (tuple(names), tuple(units), label_index is not None), label_index
+        return _CsvHeader(cells, tuple(names), tuple(units), tuple(value_columns), label_index)
 
     def _number(self, cell: str, what: str, line: int) -> float:
         try:
@@ -1181,7 +1183,7 @@ class DeviceEmulator:
 # --------------------------------------------------------------------------------------------
 
 
-def run_simulator(  # noqa: PLR0917  # one positional argument per CLI option
+def run_simulator(
     devices: int,
     recording: Path | None,
     rate_hz: float | None,

@@ -37,9 +37,18 @@ def test_every_field_has_a_description() -> None:
 
     from edge_agent import config as c
 
-    models = [c.DeviceConfig, c.MqttConfig, c.SyncConfig, c.StorageConfig, c.ModelsConfig,
-              c.SerialSensorConfig, c.BleSensorConfig, c.EmulatedSensorConfig, c.LoggingConfig,
-              AgentConfig]
+    models = [
+        c.DeviceConfig,
+        c.MqttConfig,
+        c.SyncConfig,
+        c.StorageConfig,
+        c.ModelsConfig,
+        c.SerialSensorConfig,
+        c.BleSensorConfig,
+        c.EmulatedSensorConfig,
+        c.LoggingConfig,
+        AgentConfig,
+    ]
     assert [m for model in models for m in walk(model)] == []
 
 

@@ -92,8 +92,11 @@ def test_recording_to_cloud_labels_match(broker: Mosquitto, tmp_path: Path) -> N
     whose top labels are those activities, and results with gap-free sequence numbers."""
     plays = {"imu-walk": "walking", "imu-run": "running"}
     emulators = {
-        name: DeviceEmulator(CsvRecording(_label_block(label, tmp_path / f"{label}.csv")),
-                             device_id=name, max_rate=True)
+        name: DeviceEmulator(
+            CsvRecording(_label_block(label, tmp_path / f"{label}.csv")),
+            device_id=name,
+            max_rate=True,
+        )
         for name, label in plays.items()
     }
     for emu in emulators.values():
@@ -107,13 +110,19 @@ def test_recording_to_cloud_labels_match(broker: Mosquitto, tmp_path: Path) -> N
         with collector(broker.port, f"{root}/#") as sub:
             proc = _start_daemon(config, log)
             try:
-                wait_for(lambda: any(m.payload["state"] == "online" for m in sub.of("status")),
-                         20, "online status")
+                wait_for(
+                    lambda: any(m.payload["state"] == "online" for m in sub.of("status")),
+                    20,
+                    "online status",
+                )
                 wait_for(lambda: len(sub.of("heartbeat")) >= 2, 20, "two heartbeats")
 
                 def summaries_for_both() -> bool:
-                    seen = {m.payload["sensor"] for m in sub.of("summary")
-                            if m.payload["windows_processed"] > 20}
+                    seen = {
+                        m.payload["sensor"]
+                        for m in sub.of("summary")
+                        if m.payload["windows_processed"] > 20
+                    }
                     return seen >= set(plays)
 
                 wait_for(summaries_for_both, 30, "summaries of both sensors")
@@ -124,8 +133,11 @@ def test_recording_to_cloud_labels_match(broker: Mosquitto, tmp_path: Path) -> N
             finally:
                 code = _stop(proc, log)
             assert code == 0, log.read_text()
-            wait_for(lambda: sub.of("status")[-1].payload["state"] == "offline", 10,
-                     "offline status after SIGTERM")
+            wait_for(
+                lambda: sub.of("status")[-1].payload["state"] == "offline",
+                10,
+                "offline status after SIGTERM",
+            )
 
             for name, label in plays.items():
                 summaries = [m.payload for m in sub.of("summary") if m.payload["sensor"] == name]
@@ -150,7 +162,8 @@ def test_recording_to_cloud_labels_match(broker: Mosquitto, tmp_path: Path) -> N
         # A consumer that subscribes later learns the gateway's state from the retained status.
         with collector(broker.port, f"{root}/status") as late:
             retained = wait_for(lambda: late.of("status"), 10, "retained status")
-            assert retained[0].retain and retained[0].payload["state"] == "offline"
+            assert retained[0].retain
+            assert retained[0].payload["state"] == "offline"
     finally:
         for emu in emulators.values():
             emu.close()
@@ -177,11 +190,18 @@ def test_embedded_default_shows_live_results_within_10s(broker: Mosquitto, tmp_p
     }
     log = tmp_path / "default.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "run"], stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     try:
-        wait_for(lambda: log.read_text().count(" result imu-") >= 2, 10,
-                 "live window results on the terminal")
+        wait_for(
+            lambda: log.read_text().count(" result imu-") >= 2,
+            10,
+            "live window results on the terminal",
+        )
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -191,5 +211,6 @@ def test_embedded_default_shows_live_results_within_10s(broker: Mosquitto, tmp_p
             raise AssertionError(f"no clean stop on SIGINT:\n{log.read_text()}") from None
     text = log.read_text()
     assert code == 0, text
-    assert "result imu-0" in text and "result imu-1" in text
+    assert "result imu-0" in text
+    assert "result imu-1" in text
     assert "Traceback" not in text

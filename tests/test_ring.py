@@ -36,7 +36,8 @@ def test_windows_are_exact_slices_of_the_stream(chunks: list[int], window: int, 
             start = int(w[0, 0])
             assert np.array_equal(w[:, 0], np.arange(start, start + window, dtype=np.float32))
             assert np.array_equal(w[:, 1], -w[:, 0])
-            assert t0 == start and t1 == start + window - 1
+            assert t0 == start
+            assert t1 == start + window - 1
             seen.append(start)
     # Every window that fits is produced exactly once, in order, unless overwritten before cut.
     expected = list(range(0, total - window + 1, hop))
@@ -55,13 +56,15 @@ def test_window_spanning_a_gap_is_dropped_and_counted() -> None:
     assert cut is not None
     starts = [int(w[0, 0]) for w in cut.windows]
     assert starts == [100, 105, 110]  # the window at ring index 15 straddled the gap
-    assert cut.dropped == 1 and cursor.dropped == 1
+    assert cut.dropped == 1
+    assert cursor.dropped == 1
 
 
 def test_oversized_chunk_keeps_newest_samples() -> None:
     ring = RingBuffer(8, 2)
     _push(ring, 0, 30)
-    assert ring.total == 30 and ring.oldest == 22
+    assert ring.total == 30
+    assert ring.oldest == 22
     windows, _, _ = ring.take(np.array([22], dtype=np.int64), 8)
     assert windows[0, :, 0].tolist() == list(range(22, 30))
 
@@ -78,6 +81,8 @@ def test_device_clock_tracks_minimum_delay_and_resets_on_jump() -> None:
     assert clock.observe(10.0, 110.02) == 110.02 - 10.0
     assert abs(clock.observe(11.0, 111.005) - 100.005) < 1e-9  # a faster arrival tightens it
     clock.observe(12.0, 112.5)  # a slow arrival only creeps
-    assert clock.offset_s is not None and clock.offset_s < 100.01
+    assert clock.offset_s is not None
+    assert clock.offset_s < 100.01
     clock.observe(0.0, 200.0)  # device rebooted: re-anchor
-    assert clock.offset_s == 200.0 and clock.resets == 1
+    assert clock.offset_s == 200.0
+    assert clock.resets == 1

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: one intra-op thread and no spinning by default (a gateway shares its cores)."""
+"""ONNX Runtime backend: one intra-op thread, no spinning (a gateway shares its cores)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ class OnnxRuntimeBackend(Runtime):
                 str(bundle.model_path), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as err:
-            raise RuntimeBackendError(f"{bundle.ref}: ONNX Runtime cannot load the model: {err}") from err
+            raise RuntimeBackendError(
+                f"{bundle.ref}: ONNX Runtime cannot load the model: {err}"
+            ) from err
         inputs = {i.name for i in self._session.get_inputs()}
         outputs = {o.name for o in self._session.get_outputs()}
         spec = bundle.manifest

@@ -24,10 +24,9 @@ class DeviceClock:
 
     def unwrap(self, raw_us: int) -> int:
         """Device time in µs as a monotonically growing integer across wraps."""
-        if self._last_raw is not None and raw_us < self._last_raw:
-            if self._last_raw - raw_us > WRAP // 2:
-                self._epoch += WRAP
-            # else: a small step back (out-of-order or reboot) — keep the epoch.
+        # A big step back is a wrap; a small one (reordering, reboot) keeps the epoch.
+        if self._last_raw is not None and self._last_raw - raw_us > WRAP // 2:
+            self._epoch += WRAP
         self._last_raw = raw_us
         return self._epoch + raw_us
 

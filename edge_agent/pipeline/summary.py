@@ -57,7 +57,9 @@ class SummaryAccumulator:
                 k: round(v / total, 4) for k, v in label_counts.items() if total
             },
             "top_label": self.labels[int(np.argmax(self.counts))] if total else None,
-            "mean_confidence": round(self.confidence_sum / self.windows, 4) if self.windows else None,
+            "mean_confidence": round(self.confidence_sum / self.windows, 4)
+            if self.windows
+            else None,
             "latency_ms_p50": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
             "latency_ms_p99": round(float(np.percentile(lat, 99)), 3) if len(lat) else None,
         }

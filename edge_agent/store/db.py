@@ -10,6 +10,7 @@ nothing that was handed to the store is dropped.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -213,8 +214,6 @@ class Store:
 
     async def call(self, op: Op[T]) -> T:
         """Run `op` on the writer thread and await its committed result."""
-        import asyncio
-
         return await asyncio.wrap_future(self.submit(op))
 
     def pending(self) -> int:
@@ -306,7 +305,9 @@ class Store:
                 conn.execute("RELEASE op")
                 for kind in list(txn.pending_seq):
                     # Seqs it allocated were rolled back with it; reload from the table.
-                    row = conn.execute("SELECT seq FROM topic_seq WHERE topic = ?", (kind,)).fetchone()
+                    row = conn.execute(
+                        "SELECT seq FROM topic_seq WHERE topic = ?", (kind,)
+                    ).fetchone()
                     txn.pending_seq[kind] = int(row[0]) if row else 0
                 self.stats.failed_ops += 1
                 item.future.set_exception(err)

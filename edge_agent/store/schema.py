@@ -8,8 +8,8 @@ import sqlite_utils
 
 
 def _v1(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["results"].create(
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("results").create(
         {
             "id": int,
             "sensor": str,
@@ -23,8 +23,8 @@ def _v1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"sensor", "model", "model_version", "t_start", "t_end"},
     )
-    db["results"].create_index(["sensor", "t_end"])
-    db["summaries"].create(
+    db.table("results").create_index(["sensor", "t_end"])
+    db.table("summaries").create(
         {
             "id": int,
             "sensor": str,
@@ -36,11 +36,11 @@ def _v1(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["events"].create(
+    db.table("events").create(
         {"id": int, "ts": float, "kind": str, "sensor": str, "severity": str, "body": str},
         pk="id",
     )
-    db["outbox"].create(
+    db.table("outbox").create(
         {
             "id": int,
             "topic": str,
@@ -56,8 +56,8 @@ def _v1(db: sqlite_utils.Database) -> None:
         not_null={"topic", "kind", "priority", "seq", "msg_id", "payload", "created"},
         defaults={"retain": 0},
     )
-    db["outbox"].create_index(["priority", "id"])
-    db["topic_seq"].create({"topic": str, "seq": int}, pk="topic", not_null={"seq"})
+    db.table("outbox").create_index(["priority", "id"])
+    db.table("topic_seq").create({"topic": str, "seq": int}, pk="topic", not_null={"seq"})
 
 
 # Index i holds the migration from user_version i to i + 1. Append, never edit.

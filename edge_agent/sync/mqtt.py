@@ -71,7 +71,9 @@ class _Connection:
         self.uplink = uplink
         self.loop = loop
         cfg = uplink.config.mqtt
-        protocol = MQTTProtocolVersion.MQTTv5 if cfg.protocol == "5" else MQTTProtocolVersion.MQTTv311
+        protocol = (
+            MQTTProtocolVersion.MQTTv5 if cfg.protocol == "5" else MQTTProtocolVersion.MQTTv311
+        )
         self.v5 = protocol == MQTTProtocolVersion.MQTTv5
         kwargs: dict[str, Any] = {}
         if not self.v5:
@@ -97,6 +99,7 @@ class _Connection:
         self.connack: asyncio.Future[ReasonCode] = loop.create_future()
         self.closed = asyncio.Event()
         self.inflight: dict[int, int] = {}
+        self.drained = asyncio.Event()
         self._misc: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
         self._loop_thread = threading.get_ident()
@@ -144,7 +147,8 @@ class _Connection:
         self.client.loop_write()
 
     async def _misc_loop(self) -> None:
-        while self.client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
+        # Keep-alive pings and timeouts: paho wants loop_misc() about once a second.
+        while self.client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 - periodic
             await asyncio.sleep(1.0)
 
     # paho protocol callbacks (loop thread)
@@ -165,7 +169,9 @@ class _Connection:
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
         row_id = self.inflight.pop(mid, None)
-        if row_id is None:
+        if not self.inflight:
+            self.drained.set()
+        if row_id is None or row_id < 0:
             return
         if reason.is_failure:
             # The broker refused it (quota, authorisation): keep it for the next connection.
@@ -190,13 +196,16 @@ class _Connection:
 class MqttUplink:
     """Keeps an MQTT session up and drains the outbox through it."""
 
-    def __init__(self, config: AgentConfig, store: Store, *, on_state: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, store: Store, *, on_state: Callable[[bool], None] | None = None
+    ) -> None:
         self.config = config
         self.store = store
         self.stats = UplinkStats()
         self.backoff = Backoff(config.mqtt.reconnect_min_s, config.mqtt.reconnect_max_s)
         self.wake = asyncio.Event()
         self._stop_ev = asyncio.Event()
+        self.idle = asyncio.Event()
         self._on_state = on_state
         self._acks: list[int] = []
         self._deleting: set[int] = set()
@@ -259,12 +268,17 @@ class MqttUplink:
         """Connect, drain, reconnect forever (until cancelled or `stop()`)."""
         loop = asyncio.get_running_loop()
         cfg = self.config.mqtt
-        while not self._stopping:
+        while True:
+            if self._stopping:
+                break
             online_seq, online_id, will_seq, will_id = await self._allocate_status()
             conn = _Connection(self, loop)
             self._conn = conn
             conn.client.will_set(
-                self.status_topic, self._status_body("offline", will_seq, will_id), qos=1, retain=True
+                self.status_topic,
+                self._status_body("offline", will_seq, will_id),
+                qos=1,
+                retain=True,
             )
             self._will = (will_seq, will_id)
             connected = False
@@ -280,7 +294,10 @@ class MqttUplink:
                 connected = True
                 self._set_connected(True)
                 conn.client.publish(
-                    self.status_topic, self._status_body("online", online_seq, online_id), qos=1, retain=True
+                    self.status_topic,
+                    self._status_body("online", online_seq, online_id),
+                    qos=1,
+                    retain=True,
                 )
                 healthy_after = loop.time() + 10.0
                 await self._drain(conn, healthy_after)
@@ -301,7 +318,7 @@ class MqttUplink:
                     self._set_connected(False)
                 conn.close()
                 self._conn = None
-            if self._stopping:
+            if self._stop_ev.is_set():
                 break
             delay = self.backoff.next_delay()
             log.debug("mqtt: reconnecting in %.2f s", delay)
@@ -328,6 +345,7 @@ class MqttUplink:
                 self.backoff.reset()
             room = window - len(conn.inflight)
             rows = []
+            self.idle.clear()
             if room > 0:
                 exclude = set(conn.inflight.values()) | self._deleting
                 rows = await self.store.call(fetch_outbox(room, exclude))
@@ -338,14 +356,19 @@ class MqttUplink:
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     break
                 conn.inflight[info.mid] = row.id
+                conn.drained.clear()
                 self.stats.published += 1
             if rows and len(rows) == room:
                 continue
+            if not rows and not conn.inflight and not self._acks:
+                self.idle.set()
             self.wake.clear()
             waiter = loop.create_task(self.wake.wait())
             closer = loop.create_task(conn.closed.wait())
             try:
-                await asyncio.wait({waiter, closer}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {waiter, closer}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 waiter.cancel()
                 closer.cancel()
@@ -359,20 +382,29 @@ class MqttUplink:
         conn = self._conn
         if conn is None or not self.stats.connected:
             return
-        deadline = time.monotonic() + timeout
-        while conn.inflight and time.monotonic() < deadline and not conn.closed.is_set():
-            await asyncio.sleep(0.02)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        def left() -> float:
+            return max(0.05, deadline - loop.time())
+
+        # Drain what is queued now (final summaries, the stop event) while the link is up.
+        self.idle.clear()
+        self.wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.idle.wait(), timeout=left())
         if self._ack_task is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ack_task, timeout=max(0.1, deadline - time.monotonic()))
+                await asyncio.wait_for(self._ack_task, timeout=left())
         if self._will is not None and not conn.closed.is_set():
             seq, msg_id = self._will
             info = conn.client.publish(
                 self.status_topic, self._status_body("offline", seq, msg_id), qos=1, retain=True
             )
-            with contextlib.suppress(Exception):
-                while not info.is_published() and time.monotonic() < deadline:
-                    await asyncio.sleep(0.01)
+            conn.inflight[info.mid] = -1  # not an outbox row: acknowledged, never deleted
+            conn.drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(conn.drained.wait(), timeout=left())
             conn.client.disconnect()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(conn.closed.wait(), timeout=1.0)
