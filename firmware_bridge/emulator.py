@@ -617,18 +617,21 @@ class _StreamEncoder:
         self.rate_hz = rate
         self.batch = batch
         self.stream_id = stream_id
+        # HELLO carries f32; keep exactly what the receiver will see, and quantize with the
+        # same scales so that samples × scale round-trips within half an LSB.
+        wire_scales = np.array(scales, dtype=np.float32).astype(np.float64)
         self.hello = Hello(
             device_id=device_id,
             firmware=firmware,
-            sample_rate_hz=rate,
+            sample_rate_hz=float(np.float32(rate)),
             channels=tuple(
-                ChannelInfo(name, unit, scale)
-                for name, unit, scale in zip(source.channels, source.units, scales, strict=True)
+                ChannelInfo(name, unit, float(scale))
+                for name, unit, scale in zip(
+                    source.channels, source.units, wire_scales, strict=True
+                )
             ),
         )
         self._hello_payload = hello_payload(self.hello)
-        # Quantize with the scales as the receiver will see them (f32), so values round-trip.
-        wire_scales = np.array(scales, dtype=np.float32).astype(np.float64)
         self._inverse_scales = 1.0 / wire_scales
         imu_payload(np.zeros((batch, n_channels), dtype=np.int16))  # fail early if too big
         self._hello_every = _every(hello_every_s, rate)
