@@ -71,7 +71,7 @@ def run(config: ConfigOption = None) -> None:
         cfg.mqtt.port,
         cfg.topic_root,
     )
-    raise typer.Exit(run_daemon(cfg))
+    raise typer.Exit(run_daemon(cfg, config_path=config))
 
 
 @config_app.command("validate")
@@ -126,6 +126,17 @@ def simulate(
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
+
+
+def _register_commands() -> None:
+    # Each area's commands live in edge_agent/commands/<area>.py and import what they use lazily.
+    from edge_agent.commands import control, doctor, sensors, service
+
+    for module in (control, doctor, sensors, service):
+        module.register(app)
+
+
+_register_commands()
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from edge_agent.errors import ConfigError, ConfigIssue
+from firmware_bridge.profiles import ProfileConfig, available_profiles, default_profile
 
 ENV_PREFIX = "EDGE_AGENT_"
 ENV_SEPARATOR = "__"
@@ -141,6 +142,19 @@ class SensorBase(Section):
     enabled: bool = Field(
         default=True, description="Set false to keep a sensor configured but off."
     )
+    profile: ProfileConfig = Field(
+        default_factory=default_profile,
+        description="What the device speaks: a table chosen by `protocol` ('v1' (default), "
+        "'witmotion', 'witmotion-ble'), e.g. { protocol = \"witmotion\", rate_hz = 10 }; "
+        "a bare protocol name also works.",
+    )
+    silence_limit_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="No data for this long (or 3 sample periods of a slower device) raises "
+        "`sensor.silent`; `sensor.recovered` follows when data returns.",
+    )
 
 
 class SerialSensorConfig(SensorBase):
@@ -151,7 +165,12 @@ class SerialSensorConfig(SensorBase):
         min_length=1,
         description="Serial device; prefer a stable /dev/serial/by-id/... path.",
     )
-    baudrate: int = Field(default=921_600, gt=0, description="Baud rate (ignored by USB-CDC).")
+    baudrate: int | None = Field(
+        default=None,
+        gt=0,
+        description="Baud rate (ignored by USB-CDC); default: the profile's usual rate "
+        "(9600 for witmotion), else 921600.",
+    )
     reopen_interval_s: float = Field(
         default=0.5, gt=0, le=60, description="How often to retry opening a missing port."
     )
@@ -168,10 +187,42 @@ class BleSensorConfig(SensorBase):
     service_uuid: str | None = Field(
         default=None, description="Advertised service UUID to filter on."
     )
-    notify_uuid: str = Field(
-        default="6e400003-b5a3-f393-e0a9-e50e24dcca9e",
-        description="Characteristic whose notifications carry frames (default: Nordic UART TX).",
+    notify_uuid: str | None = Field(
+        default=None,
+        description="Characteristic whose notifications carry the data (default: the "
+        "profile's: Nordic UART TX for v1, FFE4 for witmotion-ble).",
     )
+    adapter: str | None = Field(
+        default=None, description="Bluetooth adapter to use, e.g. 'hci0' (default: the first)."
+    )
+    scan_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="Longest scan for the device per attempt."
+    )
+    connect_timeout_s: float = Field(
+        default=20.0, gt=0, le=300, description="Longest connect (incl. service discovery)."
+    )
+    op_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="Longest subscribe, unsubscribe or disconnect."
+    )
+    reconnect_min_s: float = Field(
+        default=1.0, gt=0, le=3600, description="First reconnect delay; doubles per failure."
+    )
+    reconnect_max_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Cap of the (jittered) reconnect delay."
+    )
+    max_connections: int = Field(
+        default=5,
+        ge=1,
+        le=32,
+        description="BLE connections this gateway holds at once per adapter (the smallest value "
+        "over all BLE sensors applies); further sensors wait for a free slot.",
+    )
+
+    @model_validator(mode="after")
+    def _findable(self) -> BleSensorConfig:
+        if not (self.address or self.name_pattern or self.service_uuid):
+            raise ValueError("set at least one of address, name_pattern, service_uuid")
+        return self
 
 
 class EmulatedSensorConfig(SensorBase):
@@ -193,6 +244,11 @@ class EmulatedSensorConfig(SensorBase):
     )
     start_offset_s: float = Field(
         default=0.0, ge=0, description="Seconds into the recording to start playing from."
+    )
+    capture: Path | None = Field(
+        default=None,
+        description="Replay a raw capture made by `edge-agent record` instead (its profile is "
+        "used unless `profile` is set).",
     )
 
 
@@ -221,6 +277,30 @@ class LoggingConfig(Section):
     )
 
 
+class ServiceConfig(Section):
+    """Running as a service: the systemd watchdog and the local control socket."""
+
+    control_socket: Path | None = Field(
+        default=None,
+        description="Unix socket (mode 0660) answering `edge-agent status`, `tail` and `reload`; "
+        "default: beside the database, `<storage.path without suffix>.sock`. The systemd "
+        "service uses /run/edge-agent/control.sock.",
+    )
+    stall_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Work waiting with no progress for this long means the pipeline is stuck: "
+        "watchdog pings stop, so systemd restarts the service (idle sensors are not a stall).",
+    )
+    status_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="How often the one-line state shown by `systemctl status` is refreshed.",
+    )
+
+
 class AgentConfig(Section):
     """The whole configuration of one gateway."""
 
@@ -230,6 +310,9 @@ class AgentConfig(Section):
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Local store.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model bundles.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+    service: ServiceConfig = Field(
+        default_factory=ServiceConfig, description="systemd watchdog and the control socket."
+    )
     sensors: list[SensorConfig] = Field(
         default_factory=_default_sensors,
         description="Sensors to read; each picks its link kind with `link`.",
@@ -323,9 +406,13 @@ def _issues_from(err: ValidationError) -> list[ConfigIssue]:
         # Discriminated unions add the chosen tag to the location; it is noise to a reader.
         if len(loc) >= 3 and loc[0] == "sensors" and loc[2] in {"serial", "ble", "emulated"}:
             del loc[2]
+        if len(loc) >= 4 and loc[2] == "profile" and loc[3] in available_profiles():
+            del loc[3]
         message = e["msg"]
         if e["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; `edge-agent config show` lists valid keys)"
+        elif e["type"].startswith("union_tag_") and loc[-1:] == ["profile"]:
+            message = f"unknown protocol; valid protocols are {', '.join(available_profiles())}"
         elif e["type"] == "union_tag_invalid":
             message = "unknown link kind; valid kinds are 'serial', 'ble', 'emulated'"
         elif e["type"] == "union_tag_not_found":
@@ -387,6 +474,9 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        pairs = (f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{ " + ", ".join(pairs) + " }"
     return json.dumps(str(value))
 
 

@@ -27,12 +27,14 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent import __version__
-from edge_agent.config import AgentConfig
-from edge_agent.errors import BundleError, EdgeAgentError, RuntimeBackendError
+from edge_agent.config import AgentConfig, load_config
+from edge_agent.errors import BundleError, ConfigError, EdgeAgentError, RuntimeBackendError
 from edge_agent.inference.bundle import find_bundle, shipped_models_dir
 from edge_agent.inference.runtime import open_runtime
+from edge_agent.pipeline.silence import SilenceWatch
 from edge_agent.pipeline.stream import Emitted, ModelSlot, SensorStream
 from edge_agent.pipeline.summary import SummaryAccumulator
+from edge_agent.service.hub import ServiceHub
 from edge_agent.store.db import Op, Store, Txn, enqueue, outbox_depth, record_event
 from edge_agent.sync.mqtt import MqttUplink
 from firmware_bridge.links import Link, open_link
@@ -180,8 +182,10 @@ class Daemon:
         *,
         on_result: Callable[[ResultBatch], None] | None = None,
         handle_signals: bool = True,
+        config_path: Path | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path
         self.on_result = on_result
         self.handle_signals = handle_signals
         self.store = Store(
@@ -207,6 +211,17 @@ class Daemon:
         self._shown_window = 0.0
         self.windows_committed = 0
         self.results_uploaded = 0
+        self.silence: dict[str, SilenceWatch] = {}  # by stream name
+        # starting → running ⇄ reloading → stopping; shown by `status` and systemd.
+        self.state = "starting"
+        # Batches taken from the inbox / fully handled: the watchdog's view of progress.
+        self.batches_started = 0
+        self.batches_done = 0
+        self.service = ServiceHub(self)
+        self._tasks: asyncio.TaskGroup | None = None
+        self._uplink_task: asyncio.Task[None] | None = None
+        self._ticker_task: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
 
     # -- thread → loop bridge (called on link threads) -------------------------------------------
 
@@ -236,12 +251,25 @@ class Daemon:
         else:
             self._stop.set()
 
+    def request_reload(self) -> None:
+        """Re-read the config soon (SIGHUP; thread-safe). The outcome is logged and recorded."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._inbox.put_nowait, ("reload", None))
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config and apply it between two pipeline batches; returns what changed."""
+        done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        await self._inbox.put(("reload", done))
+        return await done
+
     def _event(
         self, kind: str, severity: str = "info", sensor: str | None = None, **body: Any
     ) -> None:
         level = {"info": logging.INFO, "warning": logging.WARNING}.get(severity, logging.ERROR)
         detail = " ".join(f"{k}={v}" for k, v in body.items())
         log.log(level, "event %s%s %s", kind, f" [{sensor}]" if sensor else "", detail)
+        self.service.on_event(kind, severity, sensor, body)
         self.store.submit(
             record_event(kind, body, sensor=sensor, severity=severity),
             on_commit=lambda _: self._notify_uplink(),
@@ -252,9 +280,11 @@ class Daemon:
         if loop is not None and uplink is not None:
             loop.call_soon_threadsafe(uplink.notify)
 
-    def _load_models(self) -> None:
+    def _load_models(self, sensors: list[str] | None = None) -> None:
         search = [*self.config.models.dirs, shipped_models_dir()]
         for sensor in self.config.sensors:
+            if sensors is not None and sensor.name not in sensors:
+                continue
             slots: list[ModelSlot] = []
             for ref in sensor.models:
                 try:
@@ -275,17 +305,124 @@ class Daemon:
                     )
             self.sensor_models[sensor.name] = slots
 
-    def _stream(self, sensor: str, stream_id: int) -> SensorStream:
+    def _stream(self, sensor: str, stream_id: int) -> SensorStream | None:
         key = (sensor, stream_id)
         stream = self.streams.get(key)
         if stream is None:
-            cfg = next(s for s in self.config.sensors if s.name == sensor)
+            cfg = next((s for s in self.config.sensors if s.name == sensor), None)
+            if cfg is None:
+                return None  # frames a sensor read just before a reload removed it
             name = sensor if stream_id == 0 else f"{sensor}.{stream_id}"
             stream = SensorStream(
                 name, self.sensor_models.get(sensor, []), gap_policy=cfg.gap_policy
             )
             self.streams[key] = stream
         return stream
+
+    def _start_sensor(self, name: str) -> None:
+        """Open and start one enabled sensor's link (a failure is an event, not fatal)."""
+        sensor = next((s for s in self.config.sensors if s.name == name), None)
+        if sensor is None or not sensor.enabled:
+            return
+        try:
+            link = open_link(sensor.link, sensor, self)
+            link.start()
+        except (EdgeAgentError, OSError, ValueError) as err:
+            self._event("sensor.failed", "error", sensor=sensor.name, reason=str(err))
+            return
+        self.links[sensor.name] = link
+
+    async def _stop_sensor(self, name: str) -> None:
+        """Close one sensor's link and forget its streams (their partial windows go with them)."""
+        link = self.links.pop(name, None)
+        if link is not None:
+            await asyncio.to_thread(link.close)
+        for key in [k for k in self.streams if k[0] == name]:
+            del self.streams[key]
+
+    async def _reload_now(self) -> dict[str, Any]:
+        """Re-read the config and apply it (on the pipeline task, between batches)."""
+        if self._stop.is_set():
+            return {"ok": False, "error": "the daemon is stopping; reload not applied"}
+        source = str(self.config_path) if self.config_path else "embedded default"
+        async with self._reload_lock:
+            self.state = "reloading"
+            self.service.reloading()
+            try:
+                outcome = await self._apply_reload(source)
+            finally:
+                self.state = "running"
+            self.service.reloaded(outcome)
+        return outcome
+
+    async def _apply_reload(self, source: str) -> dict[str, Any]:
+        from edge_agent.service.reload import plan_reload, resolve_models
+
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as err:
+            self._event("agent.reload_failed", "error", config=source, reason=str(err))
+            return {"ok": False, "config": source, "error": str(err)}
+        old = self.config
+        loaded = {ref: slot.bundle for ref, slot in self.slots.items()}
+        resolved = await asyncio.to_thread(resolve_models, new, shipped_models_dir())
+        plan = plan_reload(old, new, loaded, resolved)
+        # Keys built into the store and the socket keep their running values until a restart.
+        new = new.model_copy(
+            update={
+                "device": old.device,
+                "storage": old.storage,
+                "mqtt": new.mqtt.model_copy(update={"topic_prefix": old.mqtt.topic_prefix}),
+                "service": new.service.model_copy(
+                    update={"control_socket": old.service.control_socket}
+                ),
+            }
+        )
+        restart = [*plan.removed, *plan.changed]
+        await asyncio.gather(*(self._stop_sensor(name) for name in restart))
+        previous_slots = dict(self.slots)
+        for ref in plan.models_changed:
+            self.slots.pop(ref, None)
+        self.config = new
+        for name in plan.removed:
+            self.sensor_models.pop(name, None)
+        await asyncio.to_thread(self._load_models, [*plan.added, *plan.changed])
+        in_use = {ref for s in new.sensors if s.enabled for ref in s.models}
+        for ref in [r for r in self.slots if r not in in_use]:
+            del self.slots[ref]
+        for slot in previous_slots.values():
+            if all(slot is not kept for kept in self.slots.values()):
+                slot.runtime.close()
+        for name in [*plan.changed, *plan.added]:
+            self._start_sensor(name)
+        for name, change in [
+            *((n, "removed") for n in plan.removed),
+            *((n, "restarted") for n in plan.changed),
+            *((n, "added") for n in plan.added),
+        ]:
+            self._event("sensor.reconfigured", sensor=name, change=change)
+        if plan.logging_changed:
+            logging.getLogger().setLevel(new.logging.level)
+        if plan.sync_changed and self._tasks is not None and self._ticker_task is not None:
+            self._ticker_task.cancel()
+            await asyncio.wait({self._ticker_task})
+            await self._close_intervals(final=False)
+            self._ticker_task = self._tasks.create_task(self._ticker(), name="ticker")
+        if plan.mqtt_changed and self._tasks is not None and self.uplink is not None:
+            await self.uplink.stop(timeout=3.0)
+            if self._uplink_task is not None:
+                self._uplink_task.cancel()
+                await asyncio.wait({self._uplink_task})
+            self.uplink = MqttUplink(new, self.store)
+            self._uplink_task = self._tasks.create_task(self.uplink.run(), name="mqtt-uplink")
+        summary = plan.summary()
+        self._event("agent.reloaded", config=source, **summary)
+        if plan.restart_required:
+            log.warning(
+                "reload: %s changed; restart the service to apply (running values kept)",
+                ", ".join(plan.restart_required),
+            )
+        return {"ok": True, "config": source, **summary}
 
     async def run(self) -> None:
         """Start everything, serve until stopped, then shut down without losing data."""
@@ -295,6 +432,8 @@ class Daemon:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self._stop.set)
+            with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+                loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         await asyncio.to_thread(self.store.open)
         if self.store.schema_before == 0:
             log.info("store: created %s", self.config.storage.path)
@@ -304,24 +443,25 @@ class Daemon:
             "agent.started", version=__version__, sensors=[s.name for s in self.config.sensors]
         )
         for sensor in self.config.sensors:
-            if not sensor.enabled:
-                continue
-            try:
-                link = open_link(sensor.link, sensor, self)
-                link.start()
-            except (EdgeAgentError, OSError, ValueError) as err:
-                self._event("sensor.failed", "error", sensor=sensor.name, reason=str(err))
-                continue
-            self.links[sensor.name] = link
+            self._start_sensor(sensor.name)
+        await self.service.start()
+        self.state = "running"
         self.ready.set()
+        self.service.ready()
         try:
             async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
                 pipeline = tasks.create_task(self._pipeline(), name="pipeline")
-                uplink = tasks.create_task(self.uplink.run(), name="mqtt-uplink")
-                ticker = tasks.create_task(self._ticker(), name="ticker")
+                self._uplink_task = tasks.create_task(self.uplink.run(), name="mqtt-uplink")
+                self._ticker_task = tasks.create_task(self._ticker(), name="ticker")
+                silence = tasks.create_task(self._watch_silence(), name="silence-watch")
                 await self._stop.wait()
+                async with self._reload_lock:  # a reload in progress finishes first
+                    self.state = "stopping"
+                self.service.stopping()
                 log.info("stopping: closing sensors, flushing results")
-                ticker.cancel()
+                self._ticker_task.cancel()
+                silence.cancel()
                 await asyncio.gather(
                     *(asyncio.to_thread(link.close) for link in self.links.values())
                 )
@@ -329,14 +469,20 @@ class Daemon:
                 await pipeline
                 await self._close_intervals(final=True)
                 await self._pack_results()
+                samples: dict[str, int] = {}
+                for (name, _), stream in self.streams.items():
+                    samples[name] = samples.get(name, 0) + stream.stats.samples
                 self._event(
-                    "agent.stopped", uptime_s=round(time.monotonic() - self.started_mono, 1)
+                    "agent.stopped",
+                    uptime_s=round(time.monotonic() - self.started_mono, 1),
+                    samples=samples,
                 )
                 await self.store.call(outbox_depth())
                 self._notify_uplink()
                 await self.uplink.stop(timeout=3.0)
-                uplink.cancel()
+                self._uplink_task.cancel()
         finally:
+            await self.service.close()
             for link in self.links.values():
                 link.close()
             for slot in self.slots.values():
@@ -353,6 +499,7 @@ class Daemon:
             items = [await self._inbox.get()]
             while not self._inbox.empty() and len(items) < 4096:
                 items.append(self._inbox.get_nowait())
+            self.batches_started += 1
             emitted: list[Emitted] = []
             for item in items:
                 kind = item[0]
@@ -363,6 +510,8 @@ class Daemon:
                         by_stream.setdefault(frame.stream_id, []).append(frame)
                     for stream_id, group in by_stream.items():
                         stream = self._stream(sensor, stream_id)
+                        if stream is None:
+                            continue
                         emitted.extend(stream.ingest(group, recv_mono, recv_wall))
                         while stream.notices:
                             what, severity, body = stream.notices.pop(0)
@@ -371,12 +520,30 @@ class Daemon:
                     _, sensor, state, detail = item
                     severity = "info" if state == "connected" else "warning"
                     self._event(f"sensor.{state}", severity, sensor=sensor, detail=detail)
+                elif kind == "reload":
+                    # Windows cut so far run on the models they were cut for, then the swap.
+                    await self._infer_and_store(loop, emitted)
+                    emitted = []
+                    outcome = await self._reload_now()
+                    if item[1] is not None and not item[1].done():
+                        item[1].set_result(outcome)
                 elif kind == "stop":
                     stopping = True
-            if emitted:
-                batches = await loop.run_in_executor(self._infer, self._infer_all, emitted)
-                self._account(batches)
-                self.store.submit(insert_results(batches), on_commit=self._committed_threadsafe)
+            await self._infer_and_store(loop, emitted)
+            self.batches_done += 1
+
+    async def _infer_and_store(
+        self, loop: asyncio.AbstractEventLoop, emitted: list[Emitted]
+    ) -> None:
+        if emitted:
+            batches = await loop.run_in_executor(self._infer, self._infer_all, emitted)
+            self._account(batches)
+            self.store.submit(insert_results(batches), on_commit=self._committed_threadsafe)
+
+    def pipeline_progress(self) -> tuple[int, int]:
+        """(batches handled, batches waiting or in hand): what the watchdog watches."""
+        waiting = self._inbox.qsize() + self.batches_started - self.batches_done
+        return self.batches_done, waiting
 
     def _infer_all(self, emitted: list[Emitted]) -> list[ResultBatch]:
         """Run every model once over all windows cut for it in this round (inference thread)."""
@@ -391,7 +558,9 @@ class Daemon:
                 if len(parts) == 1
                 else np.concatenate([p.cut.windows for p in parts])
             )
-            out = slot.runtime.run(np.ascontiguousarray(windows, dtype=np.float32))
+            # Per-stream models (baselines) need to know which windows came from which stream.
+            segments = [(p.stream.name, len(p.cut.windows)) for p in parts]
+            out = slot.runtime.infer(np.ascontiguousarray(windows, dtype=np.float32), segments)
             label_index = np.argmax(out, axis=1).astype(np.int64)
             confidence = out[np.arange(len(out)), label_index].astype(np.float32)
             manifest = slot.bundle.manifest
@@ -420,6 +589,7 @@ class Daemon:
             acc.add(b.label_index, b.confidence)
             if self.on_result is not None:
                 self.on_result(b)
+            self.service.on_results(b)
             if self.config.logging.show_results:
                 self._show(b)
 
@@ -467,6 +637,33 @@ class Daemon:
             acc.add_latency(ms, len(b))
 
     # -- periodic work ---------------------------------------------------------------------------
+
+    async def _watch_silence(self, interval_s: float = 0.1) -> None:
+        """Per-stream watchdog: `sensor.silent` / `sensor.recovered` (see pipeline.silence)."""
+        while True:
+            now = time.monotonic()
+            limits = {s.name: s.silence_limit_s for s in self.config.sensors}
+            live = set()
+            for (sensor, _), stream in self.streams.items():
+                live.add(stream.name)
+                watch = self.silence.get(stream.name)
+                if watch is None:
+                    watch = self.silence[stream.name] = SilenceWatch(limits.get(sensor, 2.0))
+                watch.limit_s = limits.get(sensor, watch.limit_s)
+                hello = stream.hello
+                event = watch.check(
+                    now,
+                    stream.stats.last_data_mono,
+                    stream.stats.samples,
+                    hello.sample_rate_hz if hello is not None else None,
+                )
+                if event is not None:
+                    kind, body = event
+                    severity = "warning" if kind == "sensor.silent" else "info"
+                    self._event(kind, severity, sensor=stream.name, **body)
+            for name in set(self.silence) - live:  # streams dropped by a reload
+                del self.silence[name]
+            await asyncio.sleep(interval_s)
 
     async def _ticker(self) -> None:
         sync = self.config.sync
@@ -580,14 +777,24 @@ class Daemon:
         self._notify_uplink()
 
 
-def run_daemon(config: AgentConfig) -> int:
-    """Run until SIGINT/SIGTERM; returns the process exit code."""
-    daemon = Daemon(config)
+def run_daemon(config: AgentConfig, *, config_path: Path | None = None) -> int:
+    """Run until SIGINT/SIGTERM (SIGHUP re-reads `config_path`); returns the exit code."""
+    daemon = Daemon(config, config_path=config_path)
     failed: list[BaseException] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Until the loop installs its own handlers, SIGTERM stops startup like Ctrl-C does.
+    signal.signal(signal.SIGTERM, interrupt)
+    # A reload asked for before start-up finished must not kill the process (SIGHUP's default).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         asyncio.run(daemon.run())
     except* EdgeAgentError as group:
         failed.extend(group.exceptions)
+    except* KeyboardInterrupt:
+        log.info("stopped during startup")
     for err in failed:
         log.error("%s", err)
     return 1 if failed else 0

@@ -16,11 +16,13 @@ import contextlib
 import copy
 import csv
 import io
+import json
 import logging
 import math
 import os
 import re
 import select
+import struct
 import threading
 import time
 import tty
@@ -46,7 +48,12 @@ from firmware_bridge.protocol.v1 import (
 
 __all__ = [
     "ACTIVITIES",
+    "CAPTURE_MAGIC",
     "GRAVITY",
+    "WIRES",
+    "Capture",
+    "CaptureError",
+    "CaptureWriter",
     "CsvRecording",
     "DeviceEmulator",
     "MotionSource",
@@ -54,7 +61,9 @@ __all__ = [
     "SyntheticMotion",
     "default_scales",
     "encode_stream",
+    "encode_witmotion",
     "run_simulator",
+    "witmotion_packets",
 ]
 
 _log = logging.getLogger(__name__)
@@ -605,6 +614,8 @@ class _StreamEncoder:
         rate = float(source.rate_hz if rate_hz is None else rate_hz)
         if not rate > 0 or not math.isfinite(rate):
             raise ValueError(f"rate_hz must be a positive number, got {rate}")
+        if not 0 <= stream_id <= 0xFF:
+            raise ValueError(f"stream_id must be 0..255, got {stream_id}")
         if batch is None:
             batch = max(1, round(rate / 10))
         if batch < 1:
@@ -743,8 +754,384 @@ def encode_stream(
 
 
 # --------------------------------------------------------------------------------------------
+# WitMotion devices (vendor wire formats, for the `witmotion` and `witmotion-ble` profiles)
+# --------------------------------------------------------------------------------------------
+
+WIRES = ("v1", "witmotion", "witmotion-ble")
+"""Wire formats an emulated device can speak."""
+
+_WIT_ACC_G = 16.0
+_WIT_GYRO_DPS = 2000.0
+_WIT_ANGLE_DEG = 180.0
+_WIT_TYPES = {"acc": 0x51, "gyro": 0x52, "angle": 0x53, "mag": 0x54}
+_TO_G = {"m/s^2": 1.0 / GRAVITY, "m/s2": 1.0 / GRAVITY, "g": 1.0}
+_TO_DPS = {"rad/s": 180.0 / math.pi, "deg/s": 1.0, "dps": 1.0, "°/s": 1.0}
+
+
+def _wit_raw(values: npt.NDArray[np.floating], full_scale: float) -> npt.NDArray[np.int16]:
+    """Datasheet formula inverted: ``raw = value / full_scale * 32768``, saturating."""
+    raw: npt.NDArray[np.int16] = np.clip(
+        np.rint(values / full_scale * 32768.0), -32768, 32767
+    ).astype(np.int16)
+    return raw
+
+
+class _WitMotionMotion:
+    """Physical values a WT901 would report for a motion source: g, °/s and Euler angles.
+
+    Roll and pitch follow gravity on the accelerometer, yaw integrates the z rate; that is
+    what the device's fusion reports when it is not moving fast.
+    """
+
+    def __init__(self, source: MotionSource, rate_hz: float) -> None:
+        names = [c.lower() for c in source.channels]
+        self.source = source
+        self.rate_hz = rate_hz
+        self._columns: list[tuple[int | None, float]] = []
+        for axis, factors in (("ax", _TO_G), ("ay", _TO_G), ("az", _TO_G),
+                              ("gx", _TO_DPS), ("gy", _TO_DPS), ("gz", _TO_DPS)):  # fmt: skip
+            if axis in names:
+                index = names.index(axis)
+                unit = source.units[index].strip().lower()
+                self._columns.append((index, factors.get(unit, 1.0)))
+            else:
+                self._columns.append((None, 0.0))
+        self._yaw = 0.0
+
+    def read(self, n: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Next ``n`` samples: ``(n, 6)`` acc (g) + gyro (°/s), and ``(n, 3)`` angles (°)."""
+        values, _labels = self.source.read(n)
+        out = np.zeros((n, 6), dtype=np.float64)
+        for j, (index, factor) in enumerate(self._columns):
+            if index is not None:
+                out[:, j] = values[:, index] * factor
+        ax, ay, az = out[:, 0], out[:, 1], out[:, 2]
+        roll = np.degrees(np.arctan2(ay, az))
+        pitch = np.degrees(np.arctan2(-ax, np.hypot(ay, az)))
+        yaw = self._yaw + np.cumsum(out[:, 5]) / self.rate_hz
+        self._yaw = float(yaw[-1]) if n else self._yaw
+        yaw = (yaw + 180.0) % 360.0 - 180.0
+        return out, np.stack([roll, pitch, yaw], axis=1)
+
+
+def witmotion_packets(kind: int, values: npt.NDArray[np.integer]) -> bytes:
+    """Return 11-byte WT901 packets of one type, one per row of four int16 values.
+
+    ``0x55 TYPE D0L D0H … D3L D3H SUM`` with ``SUM`` the low byte of the sum of the first
+    ten bytes, as in the WT901 datasheet, section 5.1.
+    """
+    rows = np.asarray(values, dtype="<i2").reshape(-1, 4)
+    packets = np.empty((len(rows), 11), dtype=np.uint8)
+    packets[:, 0] = 0x55
+    packets[:, 1] = kind
+    packets[:, 2:10] = rows.view(np.uint8).reshape(-1, 8)
+    packets[:, 10] = packets[:, :10].sum(axis=1, dtype=np.uint32) & 0xFF
+    return packets.tobytes()
+
+
+class _WitMotionEncoder:
+    """Turns a motion source into WT901 serial packets or WT901BLE notifications.
+
+    Serial: per sample one 11-byte packet per output (0x51 acc with temperature, 0x52 gyro,
+    0x53 angle with a version word, 0x54 mag). BLE: one 20-byte ``0x55 0x61`` packet per
+    sample. Neither format has timestamps or sequence numbers, like the real devices.
+    """
+
+    def __init__(
+        self,
+        source: MotionSource,
+        *,
+        wire: str,
+        device_id: str,
+        rate_hz: float | None,
+        batch: int | None,
+        outputs: Sequence[str] = ("acc", "gyro", "angle"),
+        temperature_c: float = 25.0,
+    ) -> None:
+        rate = float(source.rate_hz if rate_hz is None else rate_hz)
+        if not rate > 0 or not math.isfinite(rate):
+            raise ValueError(f"rate_hz must be a positive number, got {rate}")
+        unknown = [o for o in outputs if o not in _WIT_TYPES]
+        if unknown or not outputs:
+            raise ValueError(f"outputs must be a non-empty subset of {tuple(_WIT_TYPES)}")
+        self.wire = wire
+        self.rate_hz = rate
+        self.batch = max(1, round(rate / 10)) if batch is None else batch
+        if self.batch < 1:
+            raise ValueError(f"batch must be at least 1 sample, got {self.batch}")
+        self.outputs = tuple(sorted(outputs, key=_WIT_TYPES.__getitem__))
+        self.temperature_raw = round(temperature_c * 100)
+        self.motion = _WitMotionMotion(source, rate)
+        self.dropped_samples = 0
+        self.sample_index = 0
+        self.hello = self._hello(device_id)
+
+    def _hello(self, device_id: str) -> Hello:
+        """The layout the gateway's profile announces for this device (for tests and tools)."""
+        acc = tuple(ChannelInfo(n, "g", _WIT_ACC_G / 32768) for n in ("ax", "ay", "az"))
+        gyro = tuple(ChannelInfo(n, "deg/s", _WIT_GYRO_DPS / 32768) for n in ("gx", "gy", "gz"))
+        angle = tuple(
+            ChannelInfo(n, "deg", _WIT_ANGLE_DEG / 32768) for n in ("roll", "pitch", "yaw")
+        )
+        mag = tuple(ChannelInfo(n, "LSB", 1.0) for n in ("mx", "my", "mz"))
+        if self.wire == "witmotion-ble":
+            channels = acc + gyro + angle
+        else:
+            parts = {"acc": acc, "gyro": gyro, "angle": angle, "mag": mag}
+            channels = tuple(c for o in self.outputs for c in parts[o])
+        return Hello(device_id, f"emulated-{self.wire}", self.rate_hz, channels)
+
+    def hello_frame(self) -> bytes:
+        return b""  # these devices announce nothing
+
+    def encode(self, n: int) -> list[bytes]:
+        """The bytes of the next ``n`` samples, one entry per sample."""
+        motion, angles = self.motion.read(n)
+        acc = _wit_raw(motion[:, :3], _WIT_ACC_G)
+        gyro = _wit_raw(motion[:, 3:], _WIT_GYRO_DPS)
+        angle = _wit_raw(angles, _WIT_ANGLE_DEG)
+        self.sample_index += n
+        if self.wire == "witmotion-ble":
+            packets = np.empty((n, 20), dtype=np.uint8)
+            packets[:, 0] = 0x55
+            packets[:, 1] = 0x61
+            body = np.concatenate([acc, gyro, angle], axis=1).astype("<i2")
+            packets[:, 2:] = body.view(np.uint8).reshape(n, 18)
+            raw = packets.tobytes()
+            return [raw[i * 20 : (i + 1) * 20] for i in range(n)]
+        fourth = np.full((n, 1), self.temperature_raw, dtype=np.int16)
+        columns = {
+            "acc": np.concatenate([acc, fourth], axis=1),
+            "gyro": np.concatenate([gyro, fourth], axis=1),
+            "angle": np.concatenate([angle, np.full((n, 1), 0x1000, dtype=np.int16)], axis=1),
+            "mag": np.zeros((n, 4), dtype=np.int16),
+        }
+        per_type = [
+            np.frombuffer(witmotion_packets(_WIT_TYPES[o], columns[o]), np.uint8).reshape(n, 11)
+            for o in self.outputs
+        ]
+        raw = np.stack(per_type, axis=1).tobytes()
+        size = 11 * len(self.outputs)
+        return [raw[i * size : (i + 1) * size] for i in range(n)]
+
+    def next_frames(self, n_samples: int | None = None) -> list[tuple[bytes, int]]:
+        """The next batch as ``(bytes of one sample, 1)`` pairs, so drops count per sample."""
+        return [(b, 1) for b in self.encode(self.batch if n_samples is None else n_samples)]
+
+
+def encode_witmotion(
+    source: MotionSource,
+    n_samples: int,
+    *,
+    wire: str = "witmotion",
+    rate_hz: float | None = None,
+    outputs: Sequence[str] = ("acc", "gyro", "angle"),
+) -> bytes:
+    """Return the exact bytes an emulated WitMotion device sends for ``n_samples`` samples.
+
+    Args:
+        source: Motion to encode (m/s^2 or g; rad/s or °/s).
+        n_samples: Samples to encode.
+        wire: ``"witmotion"`` (WT901 serial packets) or ``"witmotion-ble"`` (WT901BLE).
+        rate_hz: Rate used to integrate yaw; the source's by default.
+        outputs: Serial packets per sample, from ``acc``, ``gyro``, ``angle``, ``mag``.
+
+    Raises:
+        ValueError: An argument is out of range.
+    """
+    if wire not in ("witmotion", "witmotion-ble"):
+        raise ValueError(f"wire must be 'witmotion' or 'witmotion-ble', got {wire!r}")
+    encoder = _WitMotionEncoder(
+        source, wire=wire, device_id="emu", rate_hz=rate_hz, batch=None, outputs=outputs
+    )
+    parts: list[bytes] = []
+    remaining = n_samples
+    while remaining > 0:
+        take = min(remaining, 4096)
+        parts.extend(encoder.encode(take))
+        remaining -= take
+    return b"".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Captures: raw bytes recorded on a gateway, replayed on a pty
+# --------------------------------------------------------------------------------------------
+
+CAPTURE_MAGIC = b"EDGE-AGENT-CAPTURE 1\n"
+"""First line of a capture file."""
+_RECORD = struct.Struct("<ddI")
+
+
+class CaptureError(ValueError):
+    """A capture file cannot be read; says which file and what is wrong."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class CaptureWriter:
+    """Writes the raw bytes of a link, each read with its receive times, to a capture file.
+
+    Format: :data:`CAPTURE_MAGIC`, one line of JSON (what was recorded: sensor, link,
+    profile, start time), then one record per read: ``<f64 seconds since the first read>
+    <f64 wall-clock time> <u32 length>`` little-endian, followed by the bytes. A capture cut
+    short (power loss, Ctrl-C) stays readable up to its last whole record.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], header: dict[str, object]) -> None:
+        self.path = Path(path)
+        self._fh = self.path.open("wb")
+        self._fh.write(CAPTURE_MAGIC)
+        self._fh.write(json.dumps(header, sort_keys=True).encode() + b"\n")
+        self._first: float | None = None
+        self._lock = threading.Lock()
+        self.reads = 0
+        self.bytes = 0
+
+    def write(self, data: bytes, recv_mono: float, recv_wall: float) -> None:
+        """Append one read (thread-safe: links call it from their reader thread)."""
+        with self._lock:
+            if self._fh.closed:
+                return
+            if self._first is None:
+                self._first = recv_mono
+            self._fh.write(_RECORD.pack(recv_mono - self._first, recv_wall, len(data)) + data)
+            self.reads += 1
+            self.bytes += len(data)
+
+    def close(self) -> None:
+        """Flush and close; safe to call twice."""
+        with self._lock:
+            if not self._fh.closed:
+                self._fh.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Capture:
+    """A capture read back: its header and its reads with their times.
+
+    Attributes:
+        path: The file.
+        header: What was recorded (sensor, link, profile, ...).
+        times: Seconds since the first read, per read.
+        walls: Wall-clock receive time, per read.
+        chunks: The bytes of each read.
+        truncated: Whether the file ended inside a record (the rest was dropped).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Read a capture file.
+
+        Raises:
+            CaptureError: Not a capture, or a header that is not JSON.
+            OSError: The file cannot be read.
+        """
+        self.path = Path(path)
+        raw = self.path.read_bytes()
+        if not raw.startswith(CAPTURE_MAGIC):
+            raise CaptureError(
+                self.path, "not a capture file (record one with `edge-agent record`)"
+            )
+        end = raw.find(b"\n", len(CAPTURE_MAGIC))
+        if end < 0:
+            raise CaptureError(self.path, "header line is missing")
+        try:
+            header = json.loads(raw[len(CAPTURE_MAGIC) : end])
+        except ValueError as err:
+            raise CaptureError(self.path, f"header is not JSON: {err}") from err
+        if not isinstance(header, dict):
+            raise CaptureError(self.path, "header must be a JSON object")
+        self.header: dict[str, object] = header
+        self.times: list[float] = []
+        self.walls: list[float] = []
+        self.chunks: list[bytes] = []
+        self.truncated = False
+        pos = end + 1
+        while pos < len(raw):
+            if pos + _RECORD.size > len(raw):
+                self.truncated = True
+                break
+            offset, wall, length = _RECORD.unpack_from(raw, pos)
+            pos += _RECORD.size
+            if pos + length > len(raw):
+                self.truncated = True
+                break
+            self.times.append(offset)
+            self.walls.append(wall)
+            self.chunks.append(raw[pos : pos + length])
+            pos += length
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from the first read to the last."""
+        return self.times[-1] if self.times else 0.0
+
+    @property
+    def protocol(self) -> str:
+        """The profile the recorded device speaks (``v1`` if the header does not say)."""
+        profile = self.header.get("profile")
+        if isinstance(profile, dict) and isinstance(profile.get("protocol"), str):
+            return str(profile["protocol"])
+        return "v1"
+
+
+class _CaptureEncoder:
+    """Plays a capture's reads back with their original spacing (scaled by ``speed``)."""
+
+    def __init__(self, capture: Capture, *, device_id: str, speed: float, loop: bool) -> None:
+        if not len(capture):
+            raise CaptureError(capture.path, "holds no data")
+        if not speed > 0:
+            raise ValueError(f"speed must be positive, got {speed}")
+        self.capture = capture
+        self.speed = speed
+        self.loop = loop
+        self.rate_hz = 1.0
+        self.batch = 1
+        self.dropped_samples = 0
+        self.hello = Hello(device_id, "capture", 0.0, ())
+        # A pause between loops as long as the mean gap between reads.
+        self._cycle = capture.duration_s + capture.duration_s / max(1, len(capture) - 1)
+        self._index = 0
+        self.loops = 0
+
+    def hello_frame(self) -> bytes:
+        return b""
+
+    def due_s(self, index: int) -> float:
+        """Seconds after start at which read ``index`` is sent."""
+        n = len(self.capture)
+        if not self.loop and index >= n:
+            return 3600.0 * (1 + index)
+        return (index // n * self._cycle + self.capture.times[index % n]) / self.speed
+
+    def next_frames(self, n_samples: int | None = None) -> list[tuple[bytes, int]]:
+        n = len(self.capture)
+        if not self.loop and self._index >= n:
+            return []
+        chunk = self.capture.chunks[self._index % n]
+        self._index += 1
+        if self._index % n == 0:
+            self.loops += 1
+        return [(chunk, 0)]
+
+
+# --------------------------------------------------------------------------------------------
 # The live emulator
 # --------------------------------------------------------------------------------------------
+
+
+_Encoder = _StreamEncoder | _WitMotionEncoder | _CaptureEncoder
 
 
 class _Pty:
@@ -784,7 +1171,7 @@ class _Device:
     _WRITABLE_POLL_S = 0.05
 
     def __init__(
-        self, encoder: _StreamEncoder, *, max_rate: bool, link_path: Path | None, name: str
+        self, encoder: _Encoder, *, max_rate: bool, link_path: Path | None, name: str
     ) -> None:
         self.encoder = encoder
         self.max_rate = max_rate
@@ -832,15 +1219,19 @@ class _Device:
     def run(self) -> None:
         encoder = self.encoder
         period = encoder.batch / encoder.rate_hz
+        due = getattr(encoder, "due_s", None)  # captures: their own irregular schedule
         try:
             start = time.monotonic()
-            self._send(encoder.hello_frame(), 0)
+            hello = encoder.hello_frame()
+            if hello:
+                self._send(hello, 0)
             batch_index = 0
             while not self.stop.is_set():
                 if not self.max_rate:
                     # Absolute schedule: batch k is due when its last sample was taken, so
                     # timer jitter never accumulates into drift.
-                    delay = start + (batch_index + 1) * period - time.monotonic()
+                    offset = due(batch_index) if due else (batch_index + 1) * period
+                    delay = start + offset - time.monotonic()
                     if delay > 0 and self.stop.wait(delay):
                         break
                 for frame, n_samples in encoder.next_frames():
@@ -886,6 +1277,9 @@ class _Device:
                         written = os.write(pty.master, view)
                     except BlockingIOError:
                         written = 0
+                    except OSError:  # the tty is gone: lose the rest like a pulled cable
+                        self.bytes_dropped += len(view)
+                        return
                     self.bytes_sent += written
                     view = view[written:]
                     fd = pty.master
@@ -959,7 +1353,7 @@ class DeviceEmulator:
 
     def __init__(
         self,
-        source: MotionSource,
+        source: MotionSource | Capture,
         *,
         device_id: str = "emu-0",
         firmware: str = "emu-1.0",
@@ -971,6 +1365,10 @@ class DeviceEmulator:
         hello_every_s: float = 2.0,
         status_every_s: float = 5.0,
         link_path: str | os.PathLike[str] | None = None,
+        wire: str = "v1",
+        outputs: Sequence[str] = ("acc", "gyro", "angle"),
+        speed: float = 1.0,
+        loop: bool = True,
     ) -> None:
         """Configure the device; nothing is opened until :meth:`start`.
 
@@ -989,21 +1387,40 @@ class DeviceEmulator:
             status_every_s: Device-clock period of STATUS frames (0 for none).
             link_path: If given, a symlink kept pointing at the current pty, like
                 ``/dev/serial/by-id/...``.
+            wire: What the device speaks: ``"v1"`` (our firmware), ``"witmotion"`` (a WT901
+                on a serial port) or ``"witmotion-ble"`` (WT901BLE notifications). Vendor
+                wires send no HELLO, STATUS, seq or timestamps, so ``firmware``,
+                ``stream_id``, ``scales``, ``hello_every_s`` and ``status_every_s`` do not
+                apply to them.
+            outputs: The packets per sample of a ``"witmotion"`` device.
+            speed: Playback speed of a :class:`Capture` source (2.0: twice as fast).
+            loop: Whether a :class:`Capture` source starts over when it ends.
 
         Raises:
             ValueError: An argument is out of range.
         """
-        self._encoder = _StreamEncoder(
-            source,
-            device_id=device_id,
-            firmware=firmware,
-            rate_hz=rate_hz,
-            stream_id=stream_id,
-            batch=batch,
-            scales=scales,
-            hello_every_s=hello_every_s,
-            status_every_s=status_every_s,
-        )
+        self._encoder: _Encoder
+        if isinstance(source, Capture):
+            self._encoder = _CaptureEncoder(source, device_id=device_id, speed=speed, loop=loop)
+        elif wire == "v1":
+            self._encoder = _StreamEncoder(
+                source,
+                device_id=device_id,
+                firmware=firmware,
+                rate_hz=rate_hz,
+                stream_id=stream_id,
+                batch=batch,
+                scales=scales,
+                hello_every_s=hello_every_s,
+                status_every_s=status_every_s,
+            )
+        elif wire in WIRES:
+            self._encoder = _WitMotionEncoder(
+                source, wire=wire, device_id=device_id, rate_hz=rate_hz, batch=batch,
+                outputs=outputs,
+            )  # fmt: skip
+        else:
+            raise ValueError(f"wire must be one of {WIRES}, got {wire!r}")
         self._link_path = Path(link_path) if link_path is not None else None
         self._device = _Device(
             self._encoder, max_rate=max_rate, link_path=self._link_path, name=device_id

@@ -175,7 +175,8 @@ def test_unplug_and_replug_keep_the_symlink_live_and_seq_continuing(
         assert last_seq is not None
 
         emu.unplug()
-        assert not emu.plugged
+        with pytest.raises(RuntimeError, match="no tty"):
+            _ = emu.tty_path
         assert not os.path.lexists(link)
         with pytest.raises(serial.SerialException):  # noqa: PT012  # the read loop is the point
             deadline = time.monotonic() + DEADLINE_S

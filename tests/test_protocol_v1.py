@@ -360,6 +360,23 @@ def test_byte_by_byte_feeding_decodes_the_same() -> None:
     assert decoder.stats.resyncs == 0
 
 
+def test_any_buffer_type_is_accepted_and_payloads_are_bytes() -> None:
+    wire = _stream_with_escapes()
+    expected = Decoder().feed(wire)
+    for buffer in (bytearray(wire), memoryview(wire)):
+        frames = Decoder().feed(buffer)
+        assert frames == expected
+        assert all(type(f.payload) is bytes for f in frames)
+
+
+def test_largest_frame_in_small_reads() -> None:
+    wire = encode_frame(FrameType.STATUS, 0, 0, 0, b"\xdb" * MAX_PAYLOAD)  # escaped: ~32 KiB
+    decoder = Decoder()
+    frames = list(iter_frames((wire[i : i + 20] for i in range(0, len(wire), 20)), decoder))
+    assert [len(f.payload) for f in frames] == [MAX_PAYLOAD]
+    assert decoder.stats.oversize == decoder.stats.resyncs == 0
+
+
 def test_crc_corruption_is_counted_and_shows_as_a_gap() -> None:
     frames = [imu_frame(seq) for seq in range(3)]
     corrupted = bytearray(frames[1])
@@ -545,7 +562,7 @@ def test_encoder_rejects_out_of_range_arguments() -> None:
     with pytest.raises(ValueError, match="stream"):
         encode_frame(FrameType.STATUS, 256, 0, 0, b"")
     with pytest.raises(TypeError):
-        imu_payload(np.zeros((2, 3), dtype=np.float32))  # type: ignore[arg-type]
+        imu_payload(np.zeros((2, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="int16"):
         imu_payload(np.array([[40000]], dtype=np.int32))
     with pytest.raises(ValueError, match="shape"):

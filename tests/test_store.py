@@ -112,3 +112,26 @@ def test_submit_after_close_fails_fast(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.submit(outbox_depth()).result(1)
+
+
+def test_a_cancelled_caller_does_not_kill_the_writer(tmp_path: Path) -> None:
+    """An await on `Store.call` that is cancelled (timeouts, shutdown) must not break the
+    writer thread for everyone else."""
+    import asyncio
+
+    store = _store(tmp_path / "g.db")
+    gate = threading.Event()
+
+    async def scenario() -> int:
+        store.submit(lambda txn: gate.wait(5))
+        task = asyncio.ensure_future(store.call(enqueue("events", {"x": 1})))
+        await asyncio.sleep(0)
+        task.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await asyncio.wait_for(store.call(outbox_depth()), timeout=5)
+
+    assert asyncio.run(scenario()) in (0, 1)
+    assert store.submit(enqueue("events", {"y": 2})).result(5) >= 1
+    store.close()

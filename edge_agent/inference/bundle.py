@@ -171,3 +171,27 @@ def find_bundle(ref: str, search: list[Path]) -> Bundle:
             return load_bundle(model_dir / versions[-1])
     where = ", ".join(str(p) for p in search) or "(no directories)"
     raise BundleError(ref, f"not found in {where}; check `models.dirs` and the sensor's `models`")
+
+
+def file_entry(path: Path) -> dict[str, str | int]:
+    """The `files` entry of one file: its sha256 and size."""
+    return {"sha256": _sha256(path), "size": path.stat().st_size}
+
+
+def write_manifest(directory: Path, manifest: dict[str, object]) -> Bundle:
+    """Write `manifest.json` for a bundle directory, hashing every other file in it.
+
+    The `files` key is filled in here, so it always matches what is on disk; the result
+    is validated and loaded back exactly as the daemon would load it.
+
+    Raises:
+        BundleError: the manifest is invalid or the directory holds something that is not
+            a plain file.
+    """
+    files = sorted(p for p in directory.iterdir() if p.name != MANIFEST)
+    odd = [p.name for p in files if not p.is_file() or p.is_symlink()]
+    if odd:
+        raise BundleError(str(directory), f"not plain files: {odd}")
+    body = {**manifest, "files": {p.name: file_entry(p) for p in files}}
+    (directory / MANIFEST).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    return load_bundle(directory)

@@ -22,9 +22,12 @@ class SummaryAccumulator:
     windows: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     dropped_at_start: int = 0
+    anomaly_index: int | None = field(init=False)
+    """Output index of the label `anomaly`, for anomaly detectors; None for other models."""
 
     def __post_init__(self) -> None:
         self.counts = np.zeros(max(1, len(self.labels)), dtype=np.int64)
+        self.anomaly_index = self.labels.index("anomaly") if "anomaly" in self.labels else None
 
     def add(self, label_index: npt.NDArray[np.int64], confidence: npt.NDArray[np.float32]) -> None:
         """Count a batch of window decisions."""
@@ -57,6 +60,10 @@ class SummaryAccumulator:
                 k: round(v / total, 4) for k, v in label_counts.items() if total
             },
             "top_label": self.labels[int(np.argmax(self.counts))] if total else None,
+            # Windows an anomaly detector flagged; null for models that do not detect anomalies.
+            "anomaly_count": None
+            if self.anomaly_index is None
+            else int(self.counts[self.anomaly_index]),
             "mean_confidence": round(self.confidence_sum / self.windows, 4)
             if self.windows
             else None,

@@ -262,7 +262,17 @@ class Store:
                         stopping = True
                         break
                     backlog.append(item)
-                if self._commit(conn, backlog):
+                try:
+                    committed = self._commit(conn, backlog)
+                except Exception as err:  # a bug, not an I/O error: never kill the writer
+                    log.exception("store: unexpected error; failing %d operations", len(backlog))
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    for item in backlog:
+                        if not item.future.done():
+                            item.future.set_exception(err)
+                    committed = True
+                if committed:
                     backlog = []
                 elif stopping:
                     log.error("store: giving up on %d queued operations at shutdown", len(backlog))
@@ -287,7 +297,12 @@ class Store:
             self._note_failure(err)
             return False
         for item in items:
-            if item.future.done():
+            # A caller that gave up (a cancelled await) cancels its future; once marked
+            # running it can no longer be cancelled, so set_result below cannot fail.
+            future = item.future
+            if future.done() or (
+                not future.running() and not future.set_running_or_notify_cancel()
+            ):
                 continue
             conn.execute("SAVEPOINT op")
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import socket
@@ -29,6 +30,14 @@ from edge_agent.config import AgentConfig
 from edge_agent.store.db import Store, Txn, delete_outbox, dumps, fetch_outbox
 
 log = logging.getLogger(__name__)
+
+
+def _set_meta(txn: Txn, key: str, value: Any) -> None:
+    txn.conn.execute(
+        "INSERT INTO meta(key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, json.dumps(value)),
+    )
 
 
 @dataclass
@@ -258,11 +267,46 @@ class MqttUplink:
         )
 
     async def _allocate_status(self) -> tuple[int, str, int, str]:
-        def op(txn: Txn) -> tuple[int, int]:
-            return txn.next_seq("status"), txn.next_seq("status")
+        """The (online, will) status pair for the next connection.
 
-        online_seq, will_seq = await self.store.call(op)
-        return online_seq, uuid.uuid4().hex, will_seq, uuid.uuid4().hex
+        The pair is reserved in the database and reused by every attempt until one
+        connection is accepted, so failed attempts and crashes before a CONNACK burn
+        no sequence numbers and `status` stays gap-free.
+        """
+
+        def op(txn: Txn) -> tuple[int, str, int, str]:
+            row = txn.conn.execute(
+                "SELECT value FROM meta WHERE key = 'status_reservation'"
+            ).fetchone()
+            if row:
+                saved = json.loads(row[0])
+                if not saved["used"]:
+                    return saved["online"], saved["online_id"], saved["will"], saved["will_id"]
+            online, will = txn.next_seq("status"), txn.next_seq("status")
+            online_id, will_id = uuid.uuid4().hex, uuid.uuid4().hex
+            reservation = {
+                "online": online,
+                "online_id": online_id,
+                "will": will,
+                "will_id": will_id,
+                "used": False,
+            }
+            _set_meta(txn, "status_reservation", reservation)
+            return online, online_id, will, will_id
+
+        return await self.store.call(op)
+
+    async def _use_status_reservation(self) -> None:
+        def op(txn: Txn) -> None:
+            row = txn.conn.execute(
+                "SELECT value FROM meta WHERE key = 'status_reservation'"
+            ).fetchone()
+            if row:
+                saved = json.loads(row[0])
+                saved["used"] = True
+                _set_meta(txn, "status_reservation", saved)
+
+        await self.store.call(op)
 
     async def run(self) -> None:
         """Connect, drain, reconnect forever (until cancelled or `stop()`)."""
@@ -292,6 +336,7 @@ class MqttUplink:
                     # Never treat a refused CONNACK as a connection.
                     raise ConnectionRefusedError(f"broker refused the connection: {reason}")
                 connected = True
+                await self._use_status_reservation()
                 self._set_connected(True)
                 conn.client.publish(
                     self.status_topic,

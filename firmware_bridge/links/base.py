@@ -1,4 +1,8 @@
-"""The base class of every link: a reader thread that decodes frames and hands them on."""
+"""The base class of every link: a reader thread that decodes frames and hands them on.
+
+What the bytes mean is the sensor's device profile (`firmware_bridge.profiles`): every
+profile produces protocol-v1 frames, so the sink sees one kind of frame whatever the device.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,15 @@ import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from firmware_bridge.protocol.v1 import Decoder, Frame
+from firmware_bridge.profiles import Profile, open_profile
+from firmware_bridge.protocol.v1 import Frame
+
+RawTap = Callable[[bytes, float, float], None]
+"""Called with every read's raw bytes and its receive times (monotonic, wall), e.g. to record."""
 
 
 class LinkSink(Protocol):
@@ -44,7 +53,8 @@ class Link(ABC):
         self.config = config
         self.name: str = config.name
         self.sink = sink
-        self.decoder = Decoder()
+        self.decoder: Profile = open_profile(getattr(config, "profile", None), device_id=self.name)
+        self.raw_tap: RawTap | None = None
         self.stats = LinkStats()
         self.connected = False
         self._stop = threading.Event()
@@ -92,7 +102,10 @@ class Link(ABC):
         recv_wall = time.time()
         self.stats.reads += 1
         self.stats.bytes += len(data)
-        frames = self.decoder.feed(data)
+        tap = self.raw_tap
+        if tap is not None:
+            tap(data, recv_mono, recv_wall)
+        frames = self.decoder.feed(data, recv_mono)
         if frames:
             self.sink.on_frames(self.name, frames, recv_mono, recv_wall)
 
@@ -102,6 +115,7 @@ class Link(ABC):
         self.connected = connected
         if connected:
             self.stats.opens += 1
+            self.decoder.reset()  # a partial packet from before the outage is garbage now
         else:
             self.stats.losses += 1
             self.stats.last_error = detail

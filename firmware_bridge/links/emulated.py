@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from firmware_bridge.emulator import CsvRecording, DeviceEmulator, SyntheticMotion
+from firmware_bridge.emulator import Capture, CsvRecording, DeviceEmulator, SyntheticMotion
 from firmware_bridge.links.base import LinkSink
 from firmware_bridge.links.serial import SerialLink
+from firmware_bridge.profiles import open_profile, profile_config
 
 
 def default_recording() -> Path:
@@ -28,8 +29,19 @@ class EmulatedLink(SerialLink):
 
     def __init__(self, config: Any, sink: LinkSink) -> None:
         super().__init__(config, sink)
-        if config.synthetic:
-            source: Any = SyntheticMotion(
+        profile = getattr(config, "profile", None)
+        wire = "v1" if profile is None else profile.protocol
+        if getattr(config, "capture", None):
+            # Replay raw bytes recorded in the field, decoded as the recorded device was.
+            source: Any = Capture(config.capture)
+            if "profile" not in config.model_fields_set:
+                recorded = dict(source.header.get("profile") or {"protocol": source.protocol})
+                self.decoder = open_profile(
+                    profile_config(str(recorded.pop("protocol", "v1")), **recorded),
+                    device_id=self.name,
+                )
+        elif config.synthetic:
+            source = SyntheticMotion(
                 rate_hz=config.rate_hz or 50.0, seed=hash(self.name) & 0xFFFF
             )
         else:
@@ -40,6 +52,7 @@ class EmulatedLink(SerialLink):
             source,
             device_id=config.device_id or self.name,
             rate_hz=config.rate_hz,
+            wire=wire,
         )
 
     @property

@@ -1,4 +1,10 @@
-"""Serial link through pyserial: UART, USB-CDC, or a pseudo-terminal, reopened after unplug."""
+"""Serial link through pyserial: UART, USB-CDC, or a pseudo-terminal, reopened after unplug.
+
+Hot-plug: configure the port by a stable path (``/dev/serial/by-id/usb-…``). When the
+adapter is pulled, the read fails, the link reports ``lost`` and retries the open every
+``reopen_interval_s`` (0.5 s by default); udev recreates the by-id symlink when the adapter
+comes back, the next retry opens it and the link reports ``connected``. No restart needed.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,11 @@ import serial
 from firmware_bridge.links.base import Link, LinkSink
 
 READ_CHUNK = 1 << 16
+DEFAULT_BAUDRATE = 921_600
 
 
 class SerialLink(Link):
-    """Reads protocol-v1 bytes from a serial port; when the device vanishes, waits and reopens."""
+    """Reads a serial port and decodes it with the sensor's profile; reopens when it vanishes."""
 
     kind: ClassVar[str] = "serial"
 
@@ -26,10 +33,17 @@ class SerialLink(Link):
         """The device path to open."""
         return str(self.config.port)
 
+    @property
+    def baudrate(self) -> int:
+        """The configured baud rate, else the profile's usual one (a WT901 ships at 9600)."""
+        configured = getattr(self.config, "baudrate", None)
+        profile_default = getattr(getattr(self.config, "profile", None), "default_baudrate", None)
+        return int(configured or profile_default or DEFAULT_BAUDRATE)
+
     def _open(self) -> serial.Serial:
         port = serial.Serial()
         port.port = self.port_path
-        port.baudrate = int(getattr(self.config, "baudrate", 115_200))
+        port.baudrate = self.baudrate
         port.timeout = 0.2
         port.exclusive = True
         port.open()
@@ -37,14 +51,22 @@ class SerialLink(Link):
 
     def _run(self) -> None:
         retry = float(getattr(self.config, "reopen_interval_s", 0.5))
+        reported = False
         while not self._stop.is_set():
             try:
                 self._port = self._open()
             except (serial.SerialException, OSError, ValueError) as err:
-                self._set_state(False, f"cannot open {self.port_path}: {err}")
+                detail = f"cannot open {self.port_path}: {err}"
+                if not reported and not self.connected:
+                    # Never opened yet: say so once, so a wrong path does not go unnoticed.
+                    self.stats.last_error = detail
+                    self.sink.on_link_state(self.name, "lost", detail)
+                reported = True
+                self._set_state(False, detail)
                 self._stop.wait(retry)
                 continue
-            self._set_state(True, f"opened {self.port_path}")
+            reported = True
+            self._set_state(True, f"opened {self.port_path} at {self.baudrate} Bd")
             try:
                 self._read_until_error(self._port)
             finally:

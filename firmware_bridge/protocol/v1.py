@@ -477,7 +477,10 @@ class Decoder:
 
     def __init__(self) -> None:
         self.stats = DecoderStats()
-        self._tail = b""
+        # Unterminated bytes, kept as pieces so many small reads of one big frame are joined
+        # once (a bytes += per read would copy the frame again on every read).
+        self._tail: list[bytes] = []
+        self._tail_size = 0
         # Bytes before the first END (a reader opening mid-frame) or after an overlong run are
         # not a frame error, just a resync; _presync marks that the next chunk is such bytes.
         self._presync = True
@@ -490,25 +493,42 @@ class Decoder:
         Sequence tracking is kept on purpose, so frames lost while the link was down still show
         up as a gap on the first frame after the reconnect.
         """
-        self._tail = b""
+        self._tail.clear()
+        self._tail_size = 0
         self._presync = True
 
     def last_seq(self, stream_id: int) -> int | None:
         """Return the seq of the last frame accepted on a stream, or None if none was seen."""
         return self._last_seq.get(stream_id)
 
-    def feed(self, data: bytes) -> list[Frame]:
-        """Consume bytes from the link and return the frames they completed, in order."""
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Consume bytes from the link and return the frames they completed, in order.
+
+        Any buffer type is accepted (BLE stacks hand out bytearrays); frames always carry
+        immutable ``bytes`` payloads.
+        """
+        if type(data) is not bytes:
+            data = bytes(data)
         stats = self.stats
         stats.bytes_in += len(data)
+        tail = self._tail
         if END not in data:
-            self._tail += data
-            if len(self._tail) > _MAX_ESCAPED:
-                self._drop_tail()
+            if data:
+                tail.append(data)
+                self._tail_size += len(data)
+                if self._tail_size > _MAX_ESCAPED:
+                    self._drop_tail()
             return []
-        chunks = (self._tail + data).split(END) if self._tail else data.split(END)
+        if tail:
+            tail.append(data)
+            data = b"".join(tail)
+            tail.clear()
+        chunks = data.split(END)
         # The last piece is not terminated yet; keep it for the next call.
-        self._tail = chunks.pop()
+        rest = chunks.pop()
+        self._tail_size = len(rest)
+        if rest:
+            tail.append(rest)
 
         frames: list[Frame] = []
         append = frames.append
@@ -523,7 +543,7 @@ class Decoder:
             # the first pass only matches real ESC_END pairs (the DD of an ESC_ESC pair is never
             # a DC). The reverse order is wrong: data bytes DB DC travel as DB DD DC, and
             # turning DB DD into DB first would create a false DB DC that then became C0.
-            # An ESC followed by any other byte is left as is and fails the CRC check.
+            # An ESC followed by any other byte is left as is; the CRC then rejects the frame.
             body = chunk.replace(ESC_END, END).replace(ESC_ESC, ESC)
             size = len(body)
             if size < _OVERHEAD or size > MAX_FRAME or zlib.crc32(body) != _CRC_RESIDUE:
@@ -565,7 +585,7 @@ class Decoder:
                 )
             )
         stats.frames_ok += len(frames)
-        if len(self._tail) > _MAX_ESCAPED:
+        if self._tail_size > _MAX_ESCAPED:
             self._drop_tail()
         return frames
 
@@ -592,7 +612,8 @@ class Decoder:
         if self._in_sync:
             self.stats.resyncs += 1
             self._in_sync = False
-        self._tail = b""
+        self._tail.clear()
+        self._tail_size = 0
         # What follows up to the next END is the rest of the same run: skip it silently.
         self._presync = True
 

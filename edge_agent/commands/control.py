@@ -1,0 +1,270 @@
+"""`edge-agent status`, `tail` and `reload`: talking to the running daemon over its socket.
+
+The technician's commands find the daemon through the same config it runs with:
+`--config`, else `EDGE_AGENT_CONFIG`, else /etc/edge-agent/edge-agent.toml when it
+exists (an installed service), else the embedded default.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edge_agent.config import AgentConfig, load_config
+from edge_agent.errors import ConfigError
+
+SYSTEM_CONFIG = Path("/etc/edge-agent/edge-agent.toml")
+EXIT_NOT_RUNNING = 3  # like `systemctl status` for a stopped unit
+EXIT_CONFIG = 2
+
+ToolConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Config the daemon runs with (default: EDGE_AGENT_CONFIG, then "
+        "/etc/edge-agent/edge-agent.toml if present, then the embedded default).",
+        envvar="EDGE_AGENT_CONFIG",
+    ),
+]
+SocketOption = Annotated[
+    Path | None,
+    typer.Option("--socket", help="Control socket path (overrides the config's)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def resolve_config(path: Path | None) -> tuple[AgentConfig, Path | None]:
+    """The config the technician's commands use, and the file it came from."""
+    chosen = path if path is not None else (SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
+    try:
+        return load_config(chosen), chosen
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from err
+
+
+def socket_for(config: Path | None, socket: Path | None) -> Path:
+    """The control socket to talk to."""
+    from edge_agent.service.control import control_socket_path
+
+    if socket is not None:
+        return socket
+    cfg, _ = resolve_config(config)
+    return control_socket_path(cfg)
+
+
+def _call(path: Path, cmd: str, timeout: float = 30.0) -> dict[str, Any]:
+    from edge_agent.service.control import ControlError, DaemonNotRunningError, request
+
+    try:
+        return request(path, cmd, timeout=timeout)
+    except DaemonNotRunningError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(EXIT_NOT_RUNNING) from err
+    except ControlError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d{h:02d}h{m:02d}m"
+    if h:
+        return f"{h}h{m:02d}m"
+    return f"{m}m{s:02d}s"
+
+
+def _clock(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def render_status(st: dict[str, Any]) -> str:
+    """The human-readable page of `edge-agent status`."""
+    mqtt = st["mqtt"]
+    device = st["device"]
+    lines = [
+        f"edge-agent {st['version']}  {st['state']}  up {_duration(st['uptime_s'])}  "
+        f"pid {st['pid']}  config {st['config']}",
+        f"device     {device['id']} (tenant {device['tenant']}, site {device['site']}), "
+        f"topics {device['topic_root']}/...",
+    ]
+    if mqtt["connected"]:
+        broker = f"connected since {_clock(mqtt['connected_since'])}"
+    else:
+        broker = "NOT connected" + (f": {mqtt['last_error']}" if mqtt["last_error"] else "")
+    lines.append(
+        f"broker     {mqtt['broker']} {broker}; published {mqtt['published']}, "
+        f"acked {mqtt['acked']}"
+    )
+    depth = st["outbox_depth"]
+    lines.append(
+        f"store      {st['windows_committed']} windows stored this run, outbox "
+        f"{'?' if depth is None else depth} message(s) waiting"
+        + (f"; last error: {st['store']['last_error']}" if st["store"]["last_error"] else "")
+    )
+    sd = st["systemd"]
+    watchdog = f"watchdog {sd['watchdog_s']:g} s" if sd["watchdog_s"] else "no watchdog"
+    health = f"STALLED: {sd['stall']}" if sd["stall"] else "pipeline healthy"
+    lines.append(f"systemd    notify via {sd['notify']}, {watchdog}, {health}")
+    lines.append("")
+    lines.append(
+        f"{'SENSOR':<16} {'LINK':<9} {'STATE':<13} {'RATE':>10} {'LAST DATA':>10} "
+        f"{'GAPS':>5} {'CRC':>5}  MODELS"
+    )
+    for name, s in st["sensors"].items():
+        rate = "-" if s.get("rate_hz") is None else f"{s['rate_hz']:.1f} Hz"
+        last = s["seconds_since_data"]
+        last_text = "never" if last is None else f"{last:.1f} s ago"
+        models = ", ".join(
+            f"{ref} {'ok' if state == 'ok' else 'OFF: ' + state}"
+            for ref, state in s["models"].items()
+        )
+        lines.append(
+            f"{name:<16} {s['link']:<9} {s['state']:<13} {rate:>10} {last_text:>10} "
+            f"{s['gaps']:>5} {s['crc_errors']:>5}  {models or '-'}"
+        )
+    lines.append("")
+    lines.append("MODELS")
+    for m in st["models"]:
+        lines.append(
+            f"  {m['ref']:<28} {m['runtime']:<8} {', '.join(m['sensors']) or '(unused)'}  "
+            f"{m['path']}"
+        )
+    if not st["models"]:
+        lines.append("  (none loaded)")
+    errors = st.get("last_errors") or []
+    lines.append("")
+    lines.append("LAST ERRORS" if errors else "LAST ERRORS  none")
+    for e in errors:
+        detail = " ".join(f"{k}={v}" for k, v in (e.get("detail") or {}).items())
+        lines.append(
+            f"  {_clock(e['ts'])} {e['severity']:<7} {e['event']}"
+            f"{' [' + e['sensor'] + ']' if e.get('sensor') else ''} {detail}"
+        )
+    return "\n".join(lines)
+
+
+def render_record(record: dict[str, Any]) -> str:
+    """One line of `edge-agent tail`."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(record.get("ts") or time.time()))
+    kind = record.get("type")
+    if kind == "result":
+        return (
+            f"{stamp} result {record['sensor']:<14} {record['label']:<12} "
+            f"{record['confidence']:.2f}  {record['model']}"
+        )
+    if kind == "event":
+        detail = " ".join(f"{k}={v}" for k, v in (record.get("detail") or {}).items())
+        sensor = f" [{record['sensor']}]" if record.get("sensor") else ""
+        return f"{stamp} event  {record['event']}{sensor} ({record['severity']}) {detail}"
+    if kind == "dropped":
+        return f"{stamp} ...    {record['count']} record(s) skipped (terminal too slow)"
+    return json.dumps(record)
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def status(
+    config: ToolConfigOption = None, socket: SocketOption = None, as_json: JsonOption = False
+) -> None:
+    """Show the running daemon: sensors and rates, models, broker, outbox, last errors."""
+    reply = _call(socket_for(config, socket), "status")
+    if not reply.get("ok"):
+        typer.echo(f"error: {reply.get('error')}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(reply["status"], indent=2))
+    else:
+        typer.echo(render_status(reply["status"]))
+
+
+def tail(
+    config: ToolConfigOption = None,
+    socket: SocketOption = None,
+    sensor: Annotated[str | None, typer.Option(help="Only this sensor.")] = None,
+    events_only: Annotated[bool, typer.Option("--events", help="Only events.")] = False,
+    results_only: Annotated[bool, typer.Option("--results", help="Only results.")] = False,
+    count: Annotated[
+        int | None, typer.Option("--count", "-n", min=1, help="Stop after this many lines.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Follow live window results and events until Ctrl-C."""
+    from edge_agent.service.control import ControlError, DaemonNotRunningError, stream
+
+    path = socket_for(config, socket)
+    args: dict[str, Any] = {"sensor": sensor}
+    if events_only:
+        args["results"] = False
+    if results_only:
+        args["events"] = False
+    shown = 0
+    try:
+        lines = stream(path, "tail", **args)
+        first = next(lines, None)
+        if first is None or not first.get("ok"):
+            typer.echo(f"error: {(first or {}).get('error', 'no answer')}", err=True)
+            raise typer.Exit(1)
+        for record in lines:
+            typer.echo(json.dumps(record) if as_json else render_record(record))
+            shown += 1
+            if count is not None and shown >= count:
+                break
+    except DaemonNotRunningError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(EXIT_NOT_RUNNING) from err
+    except ControlError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    except KeyboardInterrupt:
+        pass
+
+
+def reload(
+    config: ToolConfigOption = None, socket: SocketOption = None, as_json: JsonOption = False
+) -> None:
+    """Make the daemon re-read its config: changed sensors restart, the others keep streaming."""
+    reply = _call(socket_for(config, socket), "reload", timeout=120.0)
+    if as_json:
+        typer.echo(json.dumps(reply, indent=2))
+    elif reply.get("ok"):
+        r = reply["reload"]
+
+        def names(key: str) -> str:
+            return ", ".join(r.get(key) or []) or "none"
+
+        typer.echo(f"reloaded {r.get('config')}")
+        typer.echo(f"  restarted: {names('restarted')}")
+        typer.echo(f"  added:     {names('added')}")
+        typer.echo(f"  removed:   {names('removed')}")
+        typer.echo(f"  unchanged: {names('unchanged')}")
+        typer.echo(f"  mqtt:      {r.get('mqtt')}")
+        if r.get("restart_required"):
+            typer.echo(
+                f"  needs a restart to apply: {names('restart_required')} "
+                "(sudo systemctl restart edge-agent)"
+            )
+    else:
+        typer.echo(f"reload refused, still running the previous config:\n{reply.get('error')}")
+    if not reply.get("ok"):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `status`, `tail` and `reload` to the CLI."""
+    app.command()(status)
+    app.command()(tail)
+    app.command()(reload)
