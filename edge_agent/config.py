@@ -79,6 +79,54 @@ class MqttConfig(Section):
         default=0.5, gt=0, description="First reconnect delay; doubles per failure (jittered)."
     )
     reconnect_max_s: float = Field(default=30.0, gt=0, description="Cap of the reconnect delay.")
+    max_messages_per_s: float = Field(
+        default=500.0,
+        gt=0,
+        description="Drain rate limit, so a fleet reconnecting after an outage does not storm "
+        "the broker (token bucket; bursts up to max_inflight).",
+    )
+    password_file: Path | None = Field(
+        default=None,
+        description="File holding the broker password (first line); wins over `password`.",
+    )
+    tls: bool = Field(default=False, description="Connect with TLS, verifying the server.")
+    ca_file: Path | None = Field(
+        default=None, description="CA bundle that signed the broker's certificate (PEM)."
+    )
+    cert_file: Path | None = Field(
+        default=None, description="Client certificate for mutual TLS (PEM)."
+    )
+    key_file: Path | None = Field(default=None, description="Client private key (PEM).")
+    require_tls: bool = Field(
+        default=False, description="Refuse to start with a plaintext broker connection."
+    )
+    compress_results: bool = Field(
+        default=False,
+        description="zlib-compress `results` payloads (MQTT 5 only; marked with the user "
+        "property content-encoding=zlib).",
+    )
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> MqttConfig:
+        if self.require_tls and not self.tls:
+            raise ValueError("require_tls is set but tls is false: set mqtt.tls = true")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mutual TLS needs both cert_file and key_file")
+        if self.compress_results and self.protocol != "5":
+            raise ValueError("compress_results needs MQTT 5 (protocol = '5')")
+        return self
+
+    def secret(self) -> str | None:
+        """The password, from `password_file` or `password`; never logged."""
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text(encoding="utf-8").splitlines()[0]
+            except (OSError, IndexError) as err:
+                raise ConfigError(
+                    str(self.password_file),
+                    [ConfigIssue("mqtt.password_file", f"unreadable: {err}")],
+                ) from err
+        return self.password.get_secret_value() if self.password else None
 
 
 class SyncConfig(Section):
@@ -108,6 +156,15 @@ class StorageConfig(Section):
     synchronous: Literal["NORMAL", "FULL"] = Field(
         default="NORMAL",
         description="NORMAL survives a process crash; FULL also survives power loss (slower).",
+    )
+    max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Cap of the database's used size; above it the oldest data is evicted in "
+        "the documented order (docs/reliability.md).",
+    )
+    max_age_days: float = Field(
+        default=30.0, gt=0, description="Local history and unsent messages older than this go."
     )
     commit_interval_ms: float = Field(
         default=0.0,

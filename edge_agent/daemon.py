@@ -87,7 +87,7 @@ def insert_results(batches: list[ResultBatch]) -> Op[list[tuple[ResultBatch, flo
     return op
 
 
-def pack_results(limit: int) -> Op[int]:
+def pack_results(limit: int, *, compress: bool = False) -> Op[int]:
     """Move committed results not yet uploaded into `results` outbox messages (columnar)."""
 
     def op(txn: Txn) -> int:
@@ -118,6 +118,7 @@ def pack_results(limit: int) -> Op[int]:
                         "confidence": [round(r[7], 4) for r in items],
                     },
                 },
+                compress=compress,
             )
         txn.conn.execute(
             "INSERT INTO meta(key, value) VALUES ('results_cursor', ?) "
@@ -694,7 +695,12 @@ class Daemon:
             await self.store.call(skip_results_upload())
             return
         while True:
-            n = await self.store.call(pack_results(self.config.sync.results_per_message))
+            n = await self.store.call(
+                pack_results(
+                    self.config.sync.results_per_message,
+                    compress=self.config.mqtt.compress_results,
+                )
+            )
             self.results_uploaded += n
             if n:
                 self._notify_uplink()

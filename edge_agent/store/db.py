@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 import warnings
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class OutboxRow:
     seq: int
     payload: bytes
     retain: bool
+    encoding: str | None = None
 
 
 class Txn:
@@ -89,21 +91,29 @@ class Txn:
         }
         return seq, msg_id, message
 
-    def enqueue(self, kind: str, body: dict[str, Any], *, retain: bool = False) -> int:
+    def enqueue(
+        self, kind: str, body: dict[str, Any], *, retain: bool = False, compress: bool = False
+    ) -> int:
         """Put one uplink message in the outbox; returns its sequence number."""
         seq, msg_id, message = self.envelope(kind, body)
+        payload = dumps(message)
+        encoding = None
+        if compress:
+            payload = zlib.compress(payload, 6)
+            encoding = "zlib"
         self.conn.execute(
-            "INSERT INTO outbox(topic, kind, priority, seq, msg_id, payload, created, retain) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO outbox(topic, kind, priority, seq, msg_id, payload, created, retain, "
+            "encoding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 f"{self._store.topic_root}/{kind}",
                 kind,
                 PRIORITY.get(kind, 5),
                 seq,
                 msg_id,
-                dumps(message),
+                payload,
                 time.time(),
                 int(retain),
+                encoding,
             ),
         )
         return seq
@@ -370,12 +380,12 @@ def fetch_outbox(limit: int, exclude: set[int]) -> Op[list[OutboxRow]]:
 
     def op(txn: Txn) -> list[OutboxRow]:
         rows = txn.conn.execute(
-            "SELECT id, topic, kind, seq, payload, retain FROM outbox "
+            "SELECT id, topic, kind, seq, payload, retain, encoding FROM outbox "
             "ORDER BY priority, id LIMIT ?",
             (limit + len(exclude),),
         ).fetchall()
         out = [
-            OutboxRow(r[0], r[1], r[2], r[3], bytes(r[4]), bool(r[5]))
+            OutboxRow(r[0], r[1], r[2], r[3], bytes(r[4]), bool(r[5]), r[6])
             for r in rows
             if r[0] not in exclude
         ]

@@ -60,8 +60,15 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.table("topic_seq").create({"topic": str, "seq": int}, pk="topic", not_null={"seq"})
 
 
+def _v2(db: sqlite_utils.Database) -> None:
+    # Payload encoding of compressed outbox rows (NULL: plain JSON).
+    db.table("outbox").add_column("encoding", str)
+    # Everything dropped by policy (disk cap, age), by class, reported in heartbeats.
+    db.table("dropped").create({"class": str, "count": int}, pk="class")
+
+
 # Index i holds the migration from user_version i to i + 1. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -24,6 +25,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config import AgentConfig
@@ -73,6 +76,24 @@ class Backoff:
         self.failures = 0
 
 
+class TokenBucket:
+    """Rate limit for the outbox drain: `rate` messages/s, bursts of up to `burst`."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self.tokens = self.burst
+        self.stamp: float | None = None
+
+    def take(self, now: float) -> float:
+        """Spend one token; returns how long to wait first (0 when one was available)."""
+        if self.stamp is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
 class _Connection:
     """One paho client bound to the event loop for the life of one TCP connection."""
 
@@ -94,8 +115,14 @@ class _Connection:
             **kwargs,
         )
         if cfg.username:
-            password = cfg.password.get_secret_value() if cfg.password else None
-            self.client.username_pw_set(cfg.username, password)
+            self.client.username_pw_set(cfg.username, cfg.secret())
+        if cfg.tls:
+            context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if cfg.cert_file is not None and cfg.key_file is not None:
+                context.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+            self.client.tls_set_context(context)
+        self.client.on_message = self._on_message
         self.client.max_inflight_messages_set(cfg.max_inflight)
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
@@ -188,6 +215,11 @@ class _Connection:
             return
         self.uplink.acked(row_id)
 
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        handler = self.uplink.on_command
+        if handler is not None:
+            handler(self, message)
+
     def close(self) -> None:
         if self._misc is not None:
             self._misc.cancel()
@@ -212,6 +244,9 @@ class MqttUplink:
         self.store = store
         self.stats = UplinkStats()
         self.backoff = Backoff(config.mqtt.reconnect_min_s, config.mqtt.reconnect_max_s)
+        self.bucket = TokenBucket(config.mqtt.max_messages_per_s, config.mqtt.max_inflight)
+        self.on_command: Callable[[_Connection, mqtt.MQTTMessage], None] | None = None
+        self.on_connected: Callable[[_Connection], None] | None = None
         self.wake = asyncio.Event()
         self._stop_ev = asyncio.Event()
         self.idle = asyncio.Event()
@@ -338,6 +373,8 @@ class MqttUplink:
                 connected = True
                 await self._use_status_reservation()
                 self._set_connected(True)
+                if self.on_connected is not None:
+                    self.on_connected(conn)
                 conn.client.publish(
                     self.status_topic,
                     self._status_body("online", online_seq, online_id),
@@ -397,7 +434,17 @@ class MqttUplink:
             for row in rows:
                 if conn.closed.is_set():
                     break
-                info = conn.client.publish(row.topic, row.payload, qos=1, retain=row.retain)
+                wait = self.bucket.take(loop.time())
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                properties = None
+                if row.encoding and conn.v5:
+                    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                    properties.UserProperty = [("content-encoding", row.encoding)]
+                    properties.ContentType = "application/json"
+                info = conn.client.publish(
+                    row.topic, row.payload, qos=1, retain=row.retain, properties=properties
+                )
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     break
                 conn.inflight[info.mid] = row.id
