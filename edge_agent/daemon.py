@@ -36,11 +36,15 @@ from edge_agent.pipeline.stream import Emitted, ModelSlot, SensorStream
 from edge_agent.pipeline.summary import SummaryAccumulator
 from edge_agent.service.hub import ServiceHub
 from edge_agent.store.db import Op, Store, Txn, enqueue, outbox_depth, record_event
+from edge_agent.store.retention import dropped_counters, enforce_limits
 from edge_agent.sync.mqtt import MqttUplink
 from firmware_bridge.links import Link, open_link
 from firmware_bridge.protocol.v1 import Frame
 
 log = logging.getLogger("edge_agent")
+
+# How often the disk caps are checked (they are also enforced whenever the disk is full).
+RETENTION_INTERVAL_S = 10.0
 
 
 @dataclass
@@ -195,7 +199,10 @@ class Daemon:
             topic_root=config.topic_root,
             synchronous=config.storage.synchronous,
             commit_interval_ms=config.storage.commit_interval_ms,
+            max_bytes=config.storage.max_bytes,
+            max_age_s=config.storage.max_age_days * 86400.0,
         )
+        self.dropped: dict[str, int] = {}
         self.slots: dict[str, ModelSlot] = {}
         self.streams: dict[tuple[str, int], SensorStream] = {}
         self.sensor_models: dict[str, list[ModelSlot]] = {}
@@ -675,6 +682,7 @@ class Daemon:
         wall = time.time()
         self._interval_start = wall
         next_summary = now + (sync.summary_interval_s - wall % sync.summary_interval_s)
+        next_retention = now
         while True:
             now = loop.time()
             if now >= next_heartbeat:
@@ -686,9 +694,29 @@ class Daemon:
             if now >= next_summary:
                 next_summary += sync.summary_interval_s
                 await self._close_intervals(final=False)
+            if now >= next_retention:
+                next_retention = now + RETENTION_INTERVAL_S
+                await self._enforce_retention()
             await asyncio.sleep(
-                max(0.0, min(next_heartbeat, next_results, next_summary) - loop.time())
+                max(
+                    0.0,
+                    min(next_heartbeat, next_results, next_summary, next_retention) - loop.time(),
+                )
             )
+
+    async def _enforce_retention(self) -> None:
+        storage = self.config.storage
+        report = await self.store.call(
+            enforce_limits(storage.max_bytes, storage.max_age_days * 86400.0)
+        )
+        if report.dropped:
+            log.warning(
+                "store: over its limits (%.1f MB used), dropped %s",
+                report.used_bytes_before / 1e6,
+                report.dropped,
+            )
+            self.dropped = await self.store.call(dropped_counters())
+            self._notify_uplink()
 
     async def _pack_results(self) -> None:
         if not self.config.sync.upload_results:
@@ -771,6 +799,8 @@ class Daemon:
                 "commits": self.store.stats.commits,
                 "failed_commits": self.store.stats.failed_commits,
                 "last_error": self.store.stats.last_error,
+                "disk_full": self.store.disk_full,
+                "dropped": self.dropped,
             },
             "mqtt": {
                 "connected": bool(uplink and uplink.stats.connected),

@@ -36,8 +36,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Most operations in one transaction; halved while the disk is full.
+MAX_BATCH = 4096
+
 # Lower numbers leave the outbox first.
 PRIORITY = {"status": 0, "events": 1, "heartbeat": 1, "summary": 2, "results": 3}
+# Priority 0 in the outbox is reserved for notices that must never be evicted.
 
 
 def dumps(body: dict[str, Any]) -> bytes:
@@ -92,7 +96,13 @@ class Txn:
         return seq, msg_id, message
 
     def enqueue(
-        self, kind: str, body: dict[str, Any], *, retain: bool = False, compress: bool = False
+        self,
+        kind: str,
+        body: dict[str, Any],
+        *,
+        retain: bool = False,
+        compress: bool = False,
+        priority: int | None = None,
     ) -> int:
         """Put one uplink message in the outbox; returns its sequence number."""
         seq, msg_id, message = self.envelope(kind, body)
@@ -107,7 +117,7 @@ class Txn:
             (
                 f"{self._store.topic_root}/{kind}",
                 kind,
-                PRIORITY.get(kind, 5),
+                PRIORITY.get(kind, 5) if priority is None else priority,
                 seq,
                 msg_id,
                 payload,
@@ -158,6 +168,8 @@ class Store:
         synchronous: str = "NORMAL",
         commit_interval_ms: float = 0.0,
         retry_delay_s: float = 1.0,
+        max_bytes: int | None = None,
+        max_age_s: float | None = None,
     ) -> None:
         self.path = path
         self.device_id = device_id
@@ -165,6 +177,9 @@ class Store:
         self.synchronous = synchronous
         self.commit_interval_s = commit_interval_ms / 1000.0
         self.retry_delay_s = retry_delay_s
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self.disk_full = False
         self.seq_cache: dict[str, int] = {}
         self.stats = StoreStats()
         self._queue: queue.SimpleQueue[_Item[Any] | None] = queue.SimpleQueue()
@@ -235,6 +250,8 @@ class Store:
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Only takes effect on a new database; lets evictions give pages back to the disk.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA busy_timeout=5000")
@@ -242,6 +259,11 @@ class Store:
         db = sqlite_utils.Database(conn)
         self.schema_before = migrate(db)
         self.seq_cache = dict(conn.execute("SELECT topic, seq FROM topic_seq").fetchall())
+        if self.max_bytes is not None:
+            # A hard ceiling 25 % above the soft cap: the file can never outgrow it, and
+            # reaching it is handled like a full disk (evict, then retry).
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {int(self.max_bytes * 1.25 // page_size)}")
         return conn
 
     def _run(self) -> None:
@@ -254,6 +276,8 @@ class Store:
         self._ready.set()
         backlog: list[_Item[Any]] = []
         stopping = False
+        limit = MAX_BATCH
+        failures = 0
         try:
             while True:
                 if not backlog:
@@ -272,24 +296,36 @@ class Store:
                         stopping = True
                         break
                     backlog.append(item)
+                chunk = backlog[:limit]
                 try:
-                    committed = self._commit(conn, backlog)
+                    committed = self._commit(conn, chunk)
                 except Exception as err:  # a bug, not an I/O error: never kill the writer
-                    log.exception("store: unexpected error; failing %d operations", len(backlog))
+                    log.exception("store: unexpected error; failing %d operations", len(chunk))
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
-                    for item in backlog:
+                    for item in chunk:
                         if not item.future.done():
                             item.future.set_exception(err)
                     committed = True
                 if committed:
-                    backlog = []
-                elif stopping:
-                    log.error("store: giving up on %d queued operations at shutdown", len(backlog))
-                    break
+                    backlog = backlog[len(chunk) :]
+                    limit = min(MAX_BATCH, limit * 2)
+                    failures = 0
                 else:
+                    failures += 1
+                    if stopping and failures >= 5:
+                        log.error(
+                            "store: giving up on %d queued operations at shutdown: %s",
+                            len(backlog),
+                            self.stats.last_error,
+                        )
+                        break
+                    if self.disk_full:
+                        # A transaction too big for what is left: retry smaller, after evicting.
+                        limit = max(1, limit // 2)
+                        self._emergency_evict(conn)
                     time.sleep(self.retry_delay_s)
-                if stopping:
+                if stopping and not backlog:
                     break
         finally:
             with contextlib.suppress(sqlite3.Error):
@@ -349,6 +385,7 @@ class Store:
         if self.stats.last_error is not None:
             log.warning("store: writes succeed again after: %s", self.stats.last_error)
             self.stats.last_error = None
+            self.disk_full = False
         elapsed = time.perf_counter() - started
         if len(self.stats.commit_seconds) < 10_000:
             self.stats.commit_seconds.append(elapsed)
@@ -361,8 +398,29 @@ class Store:
             item.future.set_result(value)
         return True
 
+    def _emergency_evict(self, conn: sqlite3.Connection) -> None:
+        """The disk (or the hard cap) is full: evict down to 70 % of what is used now."""
+        from edge_agent.store.retention import enforce_limits, used_bytes
+
+        txn = Txn(self, conn)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            target = int(used_bytes(txn) * 0.7 / 0.9)
+            if self.max_bytes is not None:
+                target = min(target, self.max_bytes)
+            report = enforce_limits(target, self.max_age_s or float("inf"))(txn)
+            conn.execute("COMMIT")
+            self.seq_cache.update(txn.pending_seq)
+            conn.execute("PRAGMA incremental_vacuum")
+            log.warning("store: full; evicted %s", report.dropped or "nothing evictable")
+        except sqlite3.Error as err:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            log.error("store: emergency eviction failed: %s", err)
+
     def _note_failure(self, err: sqlite3.Error) -> None:
         message = f"{type(err).__name__}: {err}"
+        self.disk_full = "full" in message.lower()
         if self.stats.last_error != message:
             hint = ""
             if "full" in message.lower():

@@ -1,0 +1,213 @@
+"""Bounded disk: age and size caps, a documented eviction order, and counters of every drop.
+
+Eviction order (first evicted first), see docs/reliability.md:
+
+1. window results already packed for upload (local history),
+2. local history of summaries and events (their outbox copies are separate),
+3. queued `results` messages,
+4. window results not yet packed for upload,
+5. queued `heartbeat` messages,
+6. queued `summary` messages,
+7. queued `events` messages.
+
+Eviction notices themselves (`outbox.evicted` events, priority 0) are never evicted.
+Every outbox message evicted after it received a sequence number is announced with the
+topic and the seq range, so the cloud can tell a drop by policy from a loss.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent.store.db import Op, Txn
+
+# Table and column names in the SQL below are constants of this module, never input (S608).
+CHUNK = 2000
+NOTICE_PRIORITY = 0
+
+
+@dataclass
+class EvictionReport:
+    """What one enforcement pass did."""
+
+    used_bytes_before: int = 0
+    used_bytes_after: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    announced: list[dict[str, Any]] = field(default_factory=list)
+
+
+def used_bytes(txn: Txn) -> int:
+    """Bytes of the database file that hold data (free pages excluded)."""
+    conn = txn.conn
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    return int((pages - free) * size)
+
+
+def _count(txn: Txn, report: EvictionReport, cls: str, n: int) -> None:
+    if n <= 0:
+        return
+    report.dropped[cls] = report.dropped.get(cls, 0) + n
+    txn.conn.execute(
+        "INSERT INTO dropped(class, count) VALUES (?, ?) "
+        "ON CONFLICT(class) DO UPDATE SET count = count + excluded.count",
+        (cls, n),
+    )
+
+
+def _results_cursor(txn: Txn) -> int:
+    row = txn.conn.execute("SELECT value FROM meta WHERE key = 'results_cursor'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _evict_outbox(
+    txn: Txn,
+    report: EvictionReport,
+    kind: str,
+    where: str,
+    args: tuple[Any, ...],
+    reason: str,
+    limit: int | None = CHUNK,
+) -> int:
+    """Delete queued messages of one kind (oldest first) and announce their seq range."""
+    sql = (
+        f"SELECT id, seq FROM outbox WHERE kind = ? AND priority > {NOTICE_PRIORITY} AND {where} "
+        "ORDER BY id"
+    )
+    params: tuple[Any, ...] = (kind, *args)
+    if limit is not None:
+        sql += " LIMIT ?"
+        params = (*params, limit)
+    rows = txn.conn.execute(sql, params).fetchall()
+    if not rows:
+        return 0
+    txn.conn.executemany("DELETE FROM outbox WHERE id = ?", [(r[0],) for r in rows])
+    seqs = [r[1] for r in rows]
+    notice = {
+        "topic": kind,
+        "seq_from": min(seqs),
+        "seq_to": max(seqs),
+        "messages": len(rows),
+        "reason": reason,
+    }
+    report.announced.append(notice)
+    ts = time.time()
+    txn.conn.execute(
+        "INSERT INTO events(ts, kind, sensor, severity, body) VALUES (?, ?, NULL, ?, ?)",
+        (ts, "outbox.evicted", "warning", json.dumps(notice)),
+    )
+    txn.enqueue(
+        "events",
+        {
+            "event": "outbox.evicted",
+            "severity": "warning",
+            "sensor": None,
+            "event_ts": ts,
+            **notice,
+        },
+        priority=NOTICE_PRIORITY,
+    )
+    _count(txn, report, f"outbox.{kind}", len(rows))
+    return len(rows)
+
+
+def enforce_limits(
+    max_bytes: int, max_age_s: float, *, now: float | None = None
+) -> Op[EvictionReport]:
+    """Apply the age cap, then evict in order until the used size is under 90 % of the cap."""
+
+    def op(txn: Txn) -> EvictionReport:
+        conn = txn.conn
+        report = EvictionReport(used_bytes_before=used_bytes(txn))
+        cutoff = (time.time() if now is None else now) - max_age_s
+
+        # Age: local history and queued messages older than the cap.
+        cursor = _results_cursor(txn)
+        n = conn.execute(
+            "DELETE FROM results WHERE t_end < ? AND id <= ?", (cutoff, cursor)
+        ).rowcount
+        _count(txn, report, "results.history", n)
+        for table, column in (("summaries", "t_end"), ("events", "ts")):
+            n = conn.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff,)).rowcount
+            _count(txn, report, f"{table}.history", n)
+        for kind in ("results", "heartbeat", "summary", "events"):
+            _evict_outbox(txn, report, kind, "created < ?", (cutoff,), "max_age", limit=None)
+        stale = conn.execute(
+            "SELECT max(id), count(*) FROM results WHERE id > ? AND t_end < ?", (cursor, cutoff)
+        ).fetchone()
+        if stale[1]:
+            # Too old to send: skip them by moving the upload cursor past them.
+            _skip_unsent(txn, report, int(stale[0]))
+
+        target = int(max_bytes * 0.9)
+        steps: list[Callable[[], int]] = [
+            lambda: _delete_oldest(
+                txn, report, "results", "id <= ?", (_results_cursor(txn),), "results.history"
+            ),
+            lambda: _delete_oldest(txn, report, "summaries", "1", (), "summaries.history"),
+            lambda: _delete_oldest(
+                txn, report, "events", "kind != 'outbox.evicted'", (), "events.history"
+            ),
+            lambda: _evict_outbox(txn, report, "results", "1", (), "disk cap"),
+            lambda: _skip_oldest_unsent(txn, report),
+            lambda: _evict_outbox(txn, report, "heartbeat", "1", (), "disk cap"),
+            lambda: _evict_outbox(txn, report, "summary", "1", (), "disk cap"),
+            lambda: _evict_outbox(txn, report, "events", "1", (), "disk cap"),
+        ]
+        for step in steps:
+            while used_bytes(txn) > target:
+                if step() == 0:
+                    break
+        report.used_bytes_after = used_bytes(txn)
+        return report
+
+    return op
+
+
+def _delete_oldest(
+    txn: Txn, report: EvictionReport, table: str, where: str, args: tuple[Any, ...], cls: str
+) -> int:
+    n = txn.conn.execute(
+        f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {where} "
+        f"ORDER BY id LIMIT {CHUNK})",
+        args,
+    ).rowcount
+    _count(txn, report, cls, n)
+    return int(n)
+
+
+def _skip_unsent(txn: Txn, report: EvictionReport, upto_id: int) -> None:
+    cursor = _results_cursor(txn)
+    n = txn.conn.execute("DELETE FROM results WHERE id > ? AND id <= ?", (cursor, upto_id)).rowcount
+    txn.conn.execute(
+        "INSERT INTO meta(key, value) VALUES ('results_cursor', ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (str(upto_id),),
+    )
+    _count(txn, report, "results.unsent", n)
+
+
+def _skip_oldest_unsent(txn: Txn, report: EvictionReport) -> int:
+    cursor = _results_cursor(txn)
+    row = txn.conn.execute(
+        "SELECT max(id), count(*) FROM (SELECT id FROM results WHERE id > ? ORDER BY id LIMIT ?)",
+        (cursor, CHUNK),
+    ).fetchone()
+    if not row[1]:
+        return 0
+    _skip_unsent(txn, report, int(row[0]))
+    return int(row[1])
+
+
+def dropped_counters() -> Op[dict[str, int]]:
+    """Everything dropped by policy since the database was created, by class."""
+
+    def op(txn: Txn) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in txn.conn.execute("SELECT class, count FROM dropped")}
+
+    return op
