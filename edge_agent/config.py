@@ -322,6 +322,27 @@ def _default_sensors() -> list[SerialSensorConfig | BleSensorConfig | EmulatedSe
     ]
 
 
+CommandName = Literal["ping", "status", "config.get", "config.set", "sync.flush", "sensors.list"]
+COMMANDS: tuple[CommandName, ...] = (
+    "ping",
+    "status",
+    "config.get",
+    "config.set",
+    "sync.flush",
+    "sensors.list",
+)
+
+
+class CommandsConfig(Section):
+    """Remote commands over MQTT (`<root>/cmd/<name>`)."""
+
+    enabled: bool = Field(default=True, description="Subscribe to remote commands at all.")
+    allow: list[CommandName] = Field(
+        default_factory=lambda: list(COMMANDS),
+        description="Commands this gateway accepts; others are answered `forbidden`.",
+    )
+
+
 class LoggingConfig(Section):
     """Log output."""
 
@@ -367,6 +388,9 @@ class AgentConfig(Section):
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Local store.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model bundles.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+    commands: CommandsConfig = Field(
+        default_factory=CommandsConfig, description="Remote commands over MQTT."
+    )
     service: ServiceConfig = Field(
         default_factory=ServiceConfig, description="systemd watchdog and the control socket."
     )

@@ -37,6 +37,7 @@ from edge_agent.pipeline.summary import SummaryAccumulator
 from edge_agent.service.hub import ServiceHub
 from edge_agent.store.db import Op, Store, Txn, enqueue, outbox_depth, record_event
 from edge_agent.store.retention import dropped_counters, enforce_limits
+from edge_agent.sync.commands import CommandServer
 from edge_agent.sync.mqtt import MqttUplink
 from firmware_bridge.links import Link, open_link
 from firmware_bridge.protocol.v1 import Frame
@@ -259,6 +260,13 @@ class Daemon:
         else:
             self._stop.set()
 
+    def _new_uplink(self, config: AgentConfig) -> MqttUplink:
+        """An MQTT session for `config`, with remote commands attached."""
+        uplink = MqttUplink(config, self.store)
+        uplink.on_command = lambda conn, msg: self.commands.on_message(conn.client, msg)
+        uplink.on_connected = lambda conn: self.commands.on_connected(conn.client)
+        return uplink
+
     def request_reload(self) -> None:
         """Re-read the config soon (SIGHUP; thread-safe). The outcome is logged and recorded."""
         loop = self._loop
@@ -421,7 +429,7 @@ class Daemon:
             if self._uplink_task is not None:
                 self._uplink_task.cancel()
                 await asyncio.wait({self._uplink_task})
-            self.uplink = MqttUplink(new, self.store)
+            self.uplink = self._new_uplink(new)
             self._uplink_task = self._tasks.create_task(self.uplink.run(), name="mqtt-uplink")
         summary = plan.summary()
         self._event("agent.reloaded", config=source, **summary)
@@ -446,7 +454,8 @@ class Daemon:
         if self.store.schema_before == 0:
             log.info("store: created %s", self.config.storage.path)
         await asyncio.to_thread(self._load_models)
-        self.uplink = MqttUplink(self.config, self.store)
+        self.commands = CommandServer(self)
+        self.uplink = self._new_uplink(self.config)
         self._event(
             "agent.started", version=__version__, sensors=[s.name for s in self.config.sensors]
         )

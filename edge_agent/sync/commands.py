@@ -1,0 +1,300 @@
+"""Remote commands over MQTT: `<root>/cmd/<name>`, answered by request/response.
+
+MQTT 5 requests carry a response topic and correlation data; the reply goes there.
+Without them (MQTT 3.1.1) the reply goes to `<root>/reply/<name>`. Every request has an
+`id`; a repeated id is answered from a cache without running the command again, so a
+re-delivered `config.set` is applied once. Every command is audit-logged as an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import tomllib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_agent.config import COMMANDS, _set_path, _to_toml, parse_config, render_config
+from edge_agent.errors import ConfigError
+from edge_agent.store.db import dumps, outbox_depth
+
+if TYPE_CHECKING:
+    from edge_agent.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+CACHE_SIZE = 256
+TIMEOUT_S = 10.0
+
+
+class CommandRequest(BaseModel):
+    """The JSON body of a request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128, description="Request id; repeats are deduped.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Command arguments.")
+
+
+class CommandError(Exception):
+    """A command refused or failed; `code` is machine-readable."""
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class CommandServer:
+    """Receives requests from the uplink's connection and answers them."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.handlers: dict[str, Handler] = {
+            "ping": self._ping,
+            "status": self._status,
+            "config.get": self._config_get,
+            "config.set": self._config_set,
+            "sync.flush": self._sync_flush,
+            "sensors.list": self._sensors_list,
+        }
+        assert set(self.handlers) == set(COMMANDS)
+
+    @property
+    def root(self) -> str:
+        """Topic root of the current config (it may change on reload)."""
+        return self.daemon.config.topic_root
+
+    @property
+    def request_filter(self) -> str:
+        """Topic filter the uplink subscribes to."""
+        return f"{self.root}/cmd/+"
+
+    def on_connected(self, client: mqtt.Client) -> None:
+        """Subscribe on every new connection (clean start)."""
+        if self.daemon.config.commands.enabled:
+            client.subscribe(self.request_filter, qos=1)
+
+    def on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
+        """paho callback on the loop thread: handle the request in its own task."""
+        task = asyncio.get_running_loop().create_task(self._handle(client, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
+        received = time.time()
+        name = message.topic.rsplit("/", 1)[-1]
+        props = getattr(message, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) or f"{self.root}/reply/{name}"
+        correlation = getattr(props, "CorrelationData", None)
+        request_id: str | None = None
+        try:
+            try:
+                raw = json.loads(message.payload)
+                request = CommandRequest.model_validate(raw)
+            except (ValueError, UnicodeDecodeError) as err:
+                if isinstance(raw_id := _maybe_id(message.payload), str):
+                    request_id = raw_id
+                detail = err.errors(include_url=False) if isinstance(err, ValidationError) else None
+                raise CommandError(
+                    "bad_request",
+                    'the request must be a JSON object {"id": str, "args": {...}}',
+                    _jsonable(detail),
+                ) from err
+            request_id = request.id
+            cached = self._cache.get(request.id)
+            if cached is not None:
+                self._publish(client, response_topic, correlation, cached)
+                return
+            handler = self.handlers.get(name)
+            if handler is None:
+                raise CommandError(
+                    "unknown_command", f"unknown command {name!r}", sorted(self.handlers)
+                )
+            if name not in self.daemon.config.commands.allow:
+                raise CommandError("forbidden", f"command {name!r} is not allowed on this gateway")
+            args = {**request.args, "_received_ts": received}
+            result = await asyncio.wait_for(handler(args), timeout=TIMEOUT_S)
+            reply = self._reply(request_id, name, True, result=result)
+            self._remember(request.id, reply)
+            self._audit(name, request_id, True, None)
+        except CommandError as err:
+            reply = self._reply(
+                request_id,
+                name,
+                False,
+                error={"code": err.code, "message": str(err), "details": err.details},
+            )
+            if request_id is not None and err.code not in ("bad_request",):
+                self._remember(request_id, reply)
+            self._audit(name, request_id, False, f"{err.code}: {err}")
+        except TimeoutError:
+            reply = self._reply(
+                request_id, name, False, error={"code": "timeout", "message": "command timed out"}
+            )
+            self._audit(name, request_id, False, "timeout")
+        except Exception as err:  # a bug: answer rather than leave the caller waiting
+            log.exception("command %s failed", name)
+            reply = self._reply(
+                request_id, name, False, error={"code": "internal", "message": str(err)}
+            )
+            self._audit(name, request_id, False, f"internal: {err}")
+        self._publish(client, response_topic, correlation, reply)
+
+    def _reply(self, request_id: str | None, name: str, ok: bool, **body: Any) -> bytes:
+        return dumps(
+            {
+                "device": self.daemon.config.device.id,
+                "id": request_id,
+                "command": name,
+                "ok": ok,
+                "ts": round(time.time(), 6),
+                **body,
+            }
+        )
+
+    def _remember(self, request_id: str, reply: bytes) -> None:
+        self._cache[request_id] = reply
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    def _publish(
+        self, client: mqtt.Client, topic: str, correlation: bytes | None, payload: bytes
+    ) -> None:
+        properties = None
+        if correlation is not None:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.CorrelationData = correlation
+        client.publish(topic, payload, qos=1, properties=properties)
+
+    def _audit(self, name: str, request_id: str | None, ok: bool, error: str | None) -> None:
+        self.daemon._event(
+            "command.executed" if ok else "command.rejected",
+            "info" if ok else "warning",
+            command=name,
+            request_id=request_id,
+            error=error,
+        )
+
+    # -- the commands -----------------------------------------------------------------------
+
+    async def _ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "echo": args.get("echo"),
+            "request_ts": args.get("ts"),
+            "received_ts": args["_received_ts"],
+            "replied_ts": time.time(),
+        }
+
+    async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
+        d = self.daemon
+        return {
+            "uptime_s": round(time.monotonic() - d.started_mono, 1),
+            "sensors": d.sensor_health(),
+            "outbox_depth": await d.store.call(outbox_depth()),
+            "windows_committed": d.windows_committed,
+            "dropped": d.dropped,
+            "mqtt_connected": bool(d.uplink and d.uplink.stats.connected),
+        }
+
+    async def _config_get(self, args: dict[str, Any]) -> dict[str, Any]:
+        text = render_config(self.daemon.config)
+        return {
+            "config": tomllib.loads(_tomlish(text)),
+            "source": str(self.daemon.config_path or "embedded default"),
+        }
+
+    async def _config_set(self, args: dict[str, Any]) -> dict[str, Any]:
+        values = args.get("values")
+        if not isinstance(values, dict) or not values:
+            raise CommandError(
+                "bad_request", 'config.set needs args.values: {"section.key": value}'
+            )
+        path = self.daemon.config_path
+        if path is None:
+            raise CommandError(
+                "not_persistable", "the daemon runs on its embedded default; start it with --config"
+            )
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise CommandError("config_unreadable", f"{path}: {err}") from err
+        for key, value in values.items():
+            parts = str(key).split(".")
+            if parts[0] in ("device",):
+                raise CommandError("forbidden", "device identity cannot be changed remotely")
+            try:
+                _set_path(data, parts, value)
+            except (KeyError, TypeError) as err:
+                raise CommandError("bad_request", f"cannot set {key!r}") from err
+        try:
+            parse_config(data, source=f"{path} + config.set")
+        except ConfigError as err:
+            raise CommandError(
+                "invalid_config", "rejected; nothing changed", [str(i) for i in err.issues]
+            ) from err
+        _write_atomically(path, _to_toml(data))
+        outcome = await self.daemon.reload()
+        return {"persisted": str(path), "changed": sorted(values), "reload": outcome}
+
+    async def _sync_flush(self, args: dict[str, Any]) -> dict[str, Any]:
+        d = self.daemon
+        await d._pack_results()
+        d._notify_uplink()
+        return {"outbox_depth": await d.store.call(outbox_depth())}
+
+    async def _sensors_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        health = self.daemon.sensor_health()
+        return {
+            "sensors": [
+                {**s.model_dump(mode="json"), "health": health.get(s.name)}
+                for s in self.daemon.config.sensors
+            ]
+        }
+
+
+def _maybe_id(payload: bytes | bytearray) -> Any:
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data.get("id") if isinstance(data, dict) else None
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str)) if value is not None else None
+
+
+def _tomlish(text: str) -> str:
+    """render_config output minus its comment lines is valid TOML."""
+    return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write, fsync, rename, fsync the directory: a power cut leaves the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
