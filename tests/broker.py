@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -49,8 +50,11 @@ class Mosquitto:
     def start(self) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = self.workdir / f"mosquitto-{self.port}.conf"
+        # As root, mosquitto would drop to its own user and lose access to the test's files.
+        user = "user root\n" if os.geteuid() == 0 else ""
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"{user}per_listener_settings false\nallow_anonymous true\npersistence false\n"
+            f"listener {self.port} 127.0.0.1\n{getattr(self, '_extra', '')}"
         )
         self.log = self.workdir / f"mosquitto-{self.port}.log"
         with self.log.open("wb") as out:

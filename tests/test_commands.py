@@ -121,9 +121,11 @@ def _try_ping(req: Requester) -> bool:
 def test_ping_echoes_with_timestamps_and_correlation(setup: tuple[Requester, Path]) -> None:
     req, _ = setup
     reply = req.request("ping", {"id": "p1", "args": {"echo": "hello", "ts": 1.5}})
-    assert reply["ok"] is True and reply["id"] == "p1"
+    assert reply["ok"] is True
+    assert reply["id"] == "p1"
     result = reply["result"]
-    assert result["echo"] == "hello" and result["request_ts"] == 1.5
+    assert result["echo"] == "hello"
+    assert result["request_ts"] == 1.5
     assert result["received_ts"] <= result["replied_ts"]
 
 
@@ -141,7 +143,8 @@ def test_config_set_is_validated_persisted_and_idempotent(setup: tuple[Requester
     bad = req.request(
         "config.set", {"id": "bad1", "args": {"values": {"sync.heartbeat_interval_s": -1}}}
     )
-    assert bad["ok"] is False and bad["error"]["code"] == "invalid_config"
+    assert bad["ok"] is False
+    assert bad["error"]["code"] == "invalid_config"
     assert any("sync.heartbeat_interval_s" in d for d in bad["error"]["details"])
     assert tomllib.loads(path.read_text()).get("sync") is None  # nothing changed
 
@@ -180,4 +183,5 @@ def test_request_without_response_topic_is_answered_on_the_fallback_topic(
     topic, body = wait_for(
         lambda: next((f for f in req.fallback if f[1].get("id") == "legacy"), None), 10, "fallback"
     )
-    assert topic == f"{ROOT}/reply/ping" and body["ok"] is True
+    assert topic == f"{ROOT}/reply/ping"
+    assert body["ok"] is True

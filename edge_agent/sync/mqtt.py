@@ -94,6 +94,29 @@ class TokenBucket:
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
+class _TrackingContext(ssl.SSLContext):
+    """An SSL context that remembers its sockets.
+
+    paho does not close the socket when the TLS handshake fails (a wrong CA, a missing
+    client certificate); closing every socket this context wrapped plugs that leak.
+    """
+
+    sockets: list[ssl.SSLSocket]
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock = super().wrap_socket(*args, **kwargs)
+        if not hasattr(self, "sockets"):
+            self.sockets = []
+        self.sockets.append(sock)
+        return sock
+
+    def close_all(self) -> None:
+        for sock in getattr(self, "sockets", []):
+            with contextlib.suppress(OSError):
+                sock.close()
+        self.sockets = []
+
+
 class _Connection:
     """One paho client bound to the event loop for the life of one TCP connection."""
 
@@ -116,9 +139,15 @@ class _Connection:
         )
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.secret())
+        self._tls: _TrackingContext | None = None
         if cfg.tls:
-            context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+            context = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
+            if cfg.ca_file is not None:
+                context.load_verify_locations(cafile=str(cfg.ca_file))
+            else:
+                context.load_default_certs()
             context.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._tls = context
             if cfg.cert_file is not None and cfg.key_file is not None:
                 context.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
             self.client.tls_set_context(context)
@@ -232,6 +261,8 @@ class _Connection:
             # Close without DISCONNECT, so the broker publishes our last will.
             with contextlib.suppress(OSError):
                 sock.close()
+        if self._tls is not None:
+            self._tls.close_all()
 
 
 class MqttUplink:

@@ -1,0 +1,183 @@
+"""TLS and mutual TLS against a real mosquitto with a CA generated at test time."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from edge_agent.config import parse_config
+from edge_agent.errors import ConfigError
+from edge_agent.store.db import Store, enqueue
+from edge_agent.sync.mqtt import MqttUplink
+from tests.broker import Mosquitto, collector, free_port, wait_for
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer: str,
+    *,
+    ca: bool = False,
+    san: bool = False,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if san:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    ca_key = _key()
+    _write(d / "ca", ca_key, _cert("test-ca", ca_key, ca_key, "test-ca", ca=True))
+    other_key = _key()
+    _write(d / "other-ca", other_key, _cert("other-ca", other_key, other_key, "other-ca", ca=True))
+    server_key = _key()
+    _write(d / "server", server_key, _cert("localhost", server_key, ca_key, "test-ca", san=True))
+    client_key = _key()
+    _write(d / "client", client_key, _cert("gw-tls", client_key, ca_key, "test-ca"))
+    return d
+
+
+class TlsBroker(Mosquitto):
+    """mosquitto with a plain listener (for the test's own subscriber) and a TLS one."""
+
+    def __init__(self, workdir: Path, pki: Path, *, require_client_cert: bool) -> None:
+        super().__init__(workdir)
+        self.tls_port = free_port()
+        self.pki = pki
+        self.require = require_client_cert
+
+    def start(self) -> None:
+        self._extra = (
+            f"\nlistener {self.tls_port} 127.0.0.1\n"
+            f"cafile {self.pki / 'ca.crt'}\ncertfile {self.pki / 'server.crt'}\n"
+            f"keyfile {self.pki / 'server.key'}\n"
+            f"require_certificate {'true' if self.require else 'false'}\n"
+        )
+        super().start()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["tls", "mutual-tls"])
+def broker(
+    request: pytest.FixtureRequest, pki: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TlsBroker]:
+    with TlsBroker(tmp_path_factory.mktemp("tls"), pki, require_client_cert=request.param) as b:
+        yield b
+
+
+def _publish_once(tmp: Path, broker: TlsBroker, mqtt: dict[str, object]) -> MqttUplink:
+    config = parse_config(
+        {
+            "device": {"id": "gw-tls", "tenant": "t", "site": "s"},
+            "mqtt": {"port": broker.tls_port, "host": "127.0.0.1", "reconnect_max_s": 0.5, **mqtt},
+        },
+        source="test",
+        environ={},
+    )
+    store = Store(tmp / "tls.db", device_id="gw-tls", topic_root=config.topic_root)
+    store.open()
+    store.submit(enqueue("heartbeat", {"hello": "tls"})).result(5)
+    uplink = MqttUplink(config, store)
+
+    async def run() -> None:
+        task = asyncio.create_task(uplink.run())
+        deadline = asyncio.get_running_loop().time() + 5
+        while (
+            asyncio.get_running_loop().time() < deadline
+            and uplink.stats.acked == 0
+            and uplink.stats.connect_failures < 2
+        ):
+            await asyncio.sleep(0.05)
+        await uplink.stop(timeout=2)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        asyncio.run(run())
+    finally:
+        store.close()
+    return uplink
+
+
+def test_verified_server_and_client_certificate(
+    broker: TlsBroker, pki: Path, tmp_path: Path
+) -> None:
+    mqtt = {"tls": True, "require_tls": True, "ca_file": str(pki / "ca.crt")}
+    if broker.require:
+        mqtt |= {"cert_file": str(pki / "client.crt"), "key_file": str(pki / "client.key")}
+    with collector(broker.port, "edge/t/s/gw-tls/#") as sub:
+        uplink = _publish_once(tmp_path, broker, mqtt)
+        assert uplink.stats.acked == 1, uplink.stats.last_error
+        wait_for(lambda: sub.of("heartbeat"), 10, "heartbeat over TLS")
+
+
+def test_server_signed_by_another_ca_is_refused(
+    broker: TlsBroker, pki: Path, tmp_path: Path
+) -> None:
+    mqtt = {"tls": True, "ca_file": str(pki / "other-ca.crt")}
+    if broker.require:
+        mqtt |= {"cert_file": str(pki / "client.crt"), "key_file": str(pki / "client.key")}
+    uplink = _publish_once(tmp_path, broker, mqtt)
+    assert uplink.stats.acked == 0
+    assert uplink.stats.connects == 0
+    assert "CERTIFICATE_VERIFY_FAILED" in (uplink.stats.last_error or "")
+
+
+def test_missing_client_certificate_is_refused_when_required(
+    broker: TlsBroker, pki: Path, tmp_path: Path
+) -> None:
+    uplink = _publish_once(tmp_path, broker, {"tls": True, "ca_file": str(pki / "ca.crt")})
+    if broker.require:
+        assert uplink.stats.acked == 0
+        assert uplink.stats.connects == 0
+    else:
+        assert uplink.stats.acked == 1
+
+
+def test_require_tls_refuses_a_plaintext_config() -> None:
+    with pytest.raises(ConfigError, match="require_tls"):
+        parse_config({"mqtt": {"require_tls": True}}, source="t", environ={})
+    with pytest.raises(ConfigError, match="both cert_file and key_file"):
+        parse_config({"mqtt": {"tls": True, "cert_file": "/x.crt"}}, source="t", environ={})
