@@ -1,16 +1,100 @@
-"""The reference consumer: checks what a gateway publishes against docs/mqtt.md.
+"""The reference consumer: checks what gateways publish against docs/mqtt.md.
 
-A cloud service can use it as is; the end-to-end tests use it against a real broker.
+Two forms of the same rules:
+
+- `ContractChecker` is fed `(topic, payload)` in arrival order and keeps everything in
+  memory; the end-to-end tests use it.
+- `Ledger` stores every accepted message in a SQLite file and computes the report (gaps,
+  duplicates, conflicts, out-of-order arrivals, latency) from what it stored. Several
+  consumer processes sharing one MQTT shared subscription can write the same file; the
+  report then covers what they received together. `scripts/cloud_consumer.py` wraps it in
+  an MQTT client.
+
+Both subtract the sequence ranges a gateway announced as dropped by policy
+(`outbox.evicted` events) from the gaps they report, so only real losses count.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-KINDS = ("status", "events", "heartbeat", "summary", "results")
+from edge_agent.sync.payloads import (
+    KINDS,
+    EventPayload,
+    PayloadError,
+    decode_payload,
+    event_body,
+    parse_payload,
+    undocumented_keys,
+)
+
 ENVELOPE = ("device", "seq", "msg_id", "ts")
+__all__ = ["ENVELOPE", "KINDS", "ContractChecker", "Ledger", "TopicName", "parse_topic"]
+
+
+@dataclass(frozen=True)
+class TopicName:
+    """A telemetry topic `<prefix>/<tenant>/<site>/<device>/<kind>`, taken apart."""
+
+    tenant: str
+    site: str
+    device: str
+    kind: str
+
+    @property
+    def gateway(self) -> str:
+        """`tenant/site/device`: one gateway, unique across the fleet."""
+        return f"{self.tenant}/{self.site}/{self.device}"
+
+
+def parse_topic(topic: str, prefix: str) -> TopicName | None:
+    """Take a telemetry topic apart; None for anything else under the subscription.
+
+    Topics with more levels than telemetry (remote commands `<root>/cmd/<name>` and their
+    replies) and topics outside `prefix` are not gateway telemetry and are ignored by the
+    consumer, not counted as violations.
+    """
+    head = prefix.rstrip("/") + "/"
+    if not topic.startswith(head):
+        return None
+    parts = topic[len(head) :].split("/")
+    if len(parts) != 4 or not all(parts):
+        return None
+    return TopicName(*parts)
+
+
+def _ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted, merged inclusive ranges covering `seqs`."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(set(seqs)):
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
+def _subtract(gap: tuple[int, int], covered: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Parts of the inclusive range `gap` not inside any of `covered`."""
+    left = [gap]
+    for a, b in covered:
+        nxt: list[tuple[int, int]] = []
+        for lo, hi in left:
+            if b < lo or a > hi:
+                nxt.append((lo, hi))
+                continue
+            if lo < a:
+                nxt.append((lo, a - 1))
+            if b < hi:
+                nxt.append((b + 1, hi))
+        left = nxt
+    return left
 
 
 @dataclass
@@ -22,6 +106,12 @@ class TopicState:
     duplicates: int = 0
     gaps: list[tuple[int, int]] = field(default_factory=list)
     regressions: int = 0
+    max_duplicate_lag: int = 0
+    """Largest `last_seq - seq` of a duplicate: how far back re-sends reached."""
+    evicted: list[tuple[int, int]] = field(default_factory=list)
+    """Seq ranges the gateway announced as dropped by policy (`outbox.evicted`)."""
+    evicted_gaps: list[tuple[int, int]] = field(default_factory=list)
+    """Gaps fully explained by announced evictions (not violations)."""
 
 
 @dataclass
@@ -29,24 +119,45 @@ class ContractChecker:
     """Feed it every (topic, payload) of one gateway; it keeps what it saw and every violation.
 
     Messages may arrive out of order only as QoS 1 re-sends, which repeat a `msg_id`.
+
+    Attributes:
+        validate: Also check each payload against the models of `edge_agent.sync.payloads`
+            (off by default: the envelope and sequence rules only).
+        prefix: When set, topics are parsed as `<prefix>/<tenant>/<site>/<device>/<kind>`
+            and anything else (remote commands, replies) is counted in `ignored`.
     """
 
+    validate: bool = False
+    prefix: str | None = None
     topics: dict[str, TopicState] = field(default_factory=dict)
     seen_ids: set[str] = field(default_factory=set)
     violations: list[str] = field(default_factory=list)
     accepted: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    undocumented: dict[str, set[str]] = field(default_factory=dict)
+    ignored: int = 0
 
     def feed(self, topic: str, payload: bytes | str | dict[str, Any]) -> dict[str, Any] | None:
         """Check one message; returns it when it is new, None for a duplicate or a violation."""
-        kind = topic.rsplit("/", 1)[-1]
+        if self.prefix is not None:
+            name = parse_topic(topic, self.prefix)
+            if name is None:
+                self.ignored += 1
+                return None
+            kind = name.kind
+        else:
+            kind = topic.rsplit("/", 1)[-1]
         if kind not in KINDS:
             self.violations.append(f"{topic}: unknown topic kind {kind!r}")
             return None
-        try:
-            message = payload if isinstance(payload, dict) else json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as err:
-            self.violations.append(f"{topic}: payload is not JSON ({err})")
-            return None
+        if isinstance(payload, dict):
+            message: Any = payload
+        else:
+            try:
+                raw = payload.encode() if isinstance(payload, str) else payload
+                message = decode_payload(raw)
+            except PayloadError as err:
+                self.violations.append(f"{topic}: payload is not JSON ({'; '.join(err.problems)})")
+                return None
         if not isinstance(message, dict):
             self.violations.append(f"{topic}: payload is not a JSON object")
             return None
@@ -55,18 +166,42 @@ class ContractChecker:
             self.violations.append(f"{topic}: envelope lacks {missing}")
             return None
         seq, msg_id = message["seq"], message["msg_id"]
-        if not isinstance(seq, int) or seq < 1:
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
             self.violations.append(f"{topic}: seq {seq!r} is not a positive integer")
             return None
+        parsed = None
+        if self.validate:
+            try:
+                parsed = parse_payload(kind, message)
+            except PayloadError as err:
+                self.violations.append(f"{topic}: {err}")
+                return None
+            extra = undocumented_keys(parsed)
+            if extra:
+                self.undocumented.setdefault(kind, set()).update(extra)
         state = self.topics.setdefault(topic, TopicState())
         if msg_id in self.seen_ids:
             state.duplicates += 1
+            if state.last_seq is not None:
+                state.max_duplicate_lag = max(state.max_duplicate_lag, state.last_seq - seq)
             return None
         self.seen_ids.add(msg_id)
-        if state.last_seq is not None:
+        if kind == "events" and message.get("event") == "outbox.evicted":
+            self._note_eviction(topic, message)
+        if kind == "status":
+            # A state topic: seq numbers connections; online and offline of one connection
+            # share it, and a connection that was never accepted leaves its number unused.
+            if state.last_seq is not None and seq < state.last_seq:
+                state.regressions += 1
+                self.violations.append(f"{topic}: status seq went back to {seq}")
+        elif state.last_seq is not None:
             if seq > state.last_seq + 1:
-                state.gaps.append((state.last_seq + 1, seq - 1))
-                self.violations.append(f"{topic}: seq gap {state.last_seq + 1}..{seq - 1}")
+                gap = (state.last_seq + 1, seq - 1)
+                if _subtract(gap, state.evicted):
+                    state.gaps.append(gap)
+                    self.violations.append(f"{topic}: seq gap {gap[0]}..{gap[1]}")
+                else:
+                    state.evicted_gaps.append(gap)
             elif seq <= state.last_seq:
                 state.regressions += 1
                 self.violations.append(
@@ -78,6 +213,385 @@ class ContractChecker:
         self.accepted.append((topic, message))
         return message
 
+    def _note_eviction(self, topic: str, message: dict[str, Any]) -> None:
+        kind, lo, hi = message.get("topic"), message.get("seq_from"), message.get("seq_to")
+        if kind in KINDS and isinstance(lo, int) and isinstance(hi, int) and lo <= hi:
+            target = topic.rsplit("/", 1)[0] + f"/{kind}"
+            self.topics.setdefault(target, TopicState()).evicted.append((lo, hi))
+
     def of(self, kind: str) -> list[dict[str, Any]]:
         """Accepted messages of one topic kind, in arrival order."""
         return [m for t, m in self.accepted if t.rsplit("/", 1)[-1] == kind]
+
+
+# -- the SQLite ledger ----------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages(
+    id INTEGER PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    msg_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    received REAL NOT NULL,
+    retained INTEGER NOT NULL,
+    late INTEGER NOT NULL,
+    undocumented TEXT,
+    payload TEXT NOT NULL,
+    UNIQUE(gateway, kind, seq)
+);
+CREATE INDEX IF NOT EXISTS messages_msg_id ON messages(gateway, kind, msg_id);
+CREATE TABLE IF NOT EXISTS duplicates(
+    id INTEGER PRIMARY KEY, gateway TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL,
+    msg_id TEXT NOT NULL, received REAL NOT NULL, retained INTEGER NOT NULL,
+    lag INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS conflicts(
+    id INTEGER PRIMARY KEY, gateway TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL,
+    msg_id TEXT NOT NULL, received REAL NOT NULL, payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejected(
+    id INTEGER PRIMARY KEY, topic TEXT NOT NULL, received REAL NOT NULL, reason TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ignored(topic TEXT PRIMARY KEY, count INTEGER NOT NULL);
+"""
+
+MAX_LISTED = 50
+"""Gap ranges, violations and samples listed per entry of a report (the counts are complete)."""
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+class Ledger:
+    """Every accepted message in a SQLite file, and the contract report computed from it.
+
+    `record` runs inside a transaction that `commit` closes, so a consumer batches its
+    writes; call `commit` a few times a second and before reading the report. Not
+    thread-safe: callers serialise access. Several processes may share the file (WAL,
+    serialised writers).
+    """
+
+    def __init__(self, path: Path | str, *, prefix: str = "edge") -> None:
+        self.path = Path(path)
+        self.prefix = prefix
+        # Used from whichever thread the caller serialises access on (paho's network thread
+        # records, the main thread commits).
+        self.conn = sqlite3.connect(
+            self.path, isolation_level=None, timeout=30.0, check_same_thread=False
+        )
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(_SCHEMA)
+        self._in_txn = False
+        self._closed = False
+        self.pending = 0
+
+    def close(self) -> None:
+        """Commit and close; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.commit()
+        self.conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _begin(self) -> None:
+        if not self._in_txn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._in_txn = True
+
+    def commit(self) -> None:
+        """Make everything recorded so far durable and visible to other readers."""
+        if self._in_txn:
+            self.conn.execute("COMMIT")
+            self._in_txn = False
+            self.pending = 0
+
+    def record(
+        self,
+        topic: str,
+        raw: bytes,
+        *,
+        retained: bool = False,
+        received: float | None = None,
+        content_encoding: str | None = None,
+    ) -> str:
+        """Check and store one message as it arrived.
+
+        Returns:
+            What happened to it: `accepted`, `duplicate` (its `msg_id` is stored already),
+            `conflict` (a different message with a stored seq), `rejected` (it breaks the
+            contract; kept in the `rejected` table with the reason) or `ignored` (not
+            gateway telemetry).
+        """
+        now = time.time() if received is None else received
+        self._begin()
+        self.pending += 1
+        name = parse_topic(topic, self.prefix)
+        if name is None:
+            self.conn.execute(
+                "INSERT INTO ignored(topic, count) VALUES (?, 1) "
+                "ON CONFLICT(topic) DO UPDATE SET count = count + 1",
+                (topic,),
+            )
+            return "ignored"
+        try:
+            message = decode_payload(raw, content_encoding)
+            payload = parse_payload(name.kind, message)
+            if payload.device != name.device:
+                raise PayloadError(
+                    name.kind,
+                    [f"device: {payload.device!r} does not match the topic's {name.device!r}"],
+                )
+        except PayloadError as err:
+            self.conn.execute(
+                "INSERT INTO rejected(topic, received, reason, payload) VALUES (?, ?, ?, ?)",
+                (topic, now, str(err), raw),
+            )
+            return "rejected"
+        gw, kind, seq = name.gateway, name.kind, payload.seq
+        top = self.conn.execute(
+            "SELECT max(seq) FROM messages WHERE gateway = ? AND kind = ?", (gw, kind)
+        ).fetchone()[0]
+        if self.conn.execute(
+            "SELECT 1 FROM messages WHERE gateway = ? AND kind = ? AND msg_id = ?",
+            (gw, kind, payload.msg_id),
+        ).fetchone():
+            lag = (top - seq) if top is not None else 0
+            self.conn.execute(
+                "INSERT INTO duplicates(gateway, kind, seq, msg_id, received, retained, lag) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (gw, kind, seq, payload.msg_id, now, int(retained), lag),
+            )
+            return "duplicate"
+        text = json.dumps(message, separators=(",", ":"))
+        if self.conn.execute(
+            "SELECT 1 FROM messages WHERE gateway = ? AND kind = ? AND seq = ?", (gw, kind, seq)
+        ).fetchone():
+            self.conn.execute(
+                "INSERT INTO conflicts(gateway, kind, seq, msg_id, received, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (gw, kind, seq, payload.msg_id, now, text),
+            )
+            return "conflict"
+        extra = undocumented_keys(payload)
+        self.conn.execute(
+            "INSERT INTO messages(gateway, kind, seq, msg_id, ts, received, retained, late, "
+            "undocumented, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                gw,
+                kind,
+                seq,
+                payload.msg_id,
+                payload.ts,
+                now,
+                int(retained),
+                int(top is not None and seq < top),
+                json.dumps(extra) if extra else None,
+                text,
+            ),
+        )
+        return "accepted"
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def last_seqs(self) -> dict[tuple[str, str], int]:
+        """Highest seq stored per (gateway, kind): cheap progress for a waiting caller."""
+        rows = self.conn.execute(
+            "SELECT gateway, kind, max(seq) FROM messages GROUP BY gateway, kind"
+        ).fetchall()
+        return {(g, k): int(s) for g, k, s in rows}
+
+    def count(self, kind: str | None = None) -> int:
+        """Accepted messages stored (of one kind)."""
+        if kind is None:
+            return int(self.conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+        return int(
+            self.conn.execute("SELECT count(*) FROM messages WHERE kind = ?", (kind,)).fetchone()[0]
+        )
+
+    def payloads(self, kind: str, gateway: str | None = None) -> list[dict[str, Any]]:
+        """Stored payloads of one kind, in seq order (of one gateway, or all)."""
+        sql = "SELECT payload FROM messages WHERE kind = ?"
+        args: tuple[Any, ...] = (kind,)
+        if gateway is not None:
+            sql += " AND gateway = ?"
+            args = (kind, gateway)
+        rows = self.conn.execute(sql + " ORDER BY gateway, seq", args).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def _evictions(self) -> dict[tuple[str, str], list[tuple[int, int]]]:
+        out: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        rows = self.conn.execute(
+            "SELECT gateway, payload FROM messages WHERE kind = 'events' "
+            "AND json_extract(payload, '$.event') = 'outbox.evicted'"
+        ).fetchall()
+        for gw, text in rows:
+            body = json.loads(text)
+            key = (gw, str(body["topic"]))
+            out.setdefault(key, []).append((int(body["seq_from"]), int(body["seq_to"])))
+        return out
+
+    def report(
+        self, *, expect_from_first: bool = False, inflight_window: int | None = None
+    ) -> dict[str, Any]:
+        """The contract report over everything stored.
+
+        Args:
+            expect_from_first: Count seqs below the first one received as missing (the
+                consumer was subscribed before the gateways first published).
+            inflight_window: When given, a duplicate that reaches further back than this
+                many messages is a violation (re-sends come only from the in-flight window).
+
+        Returns:
+            A JSON-ready dict: `ok`, `totals`, `gateways` (per gateway and topic kind:
+            received, first/last seq, missing with gap ranges, evicted by policy,
+            duplicates and how far back they reached, out-of-order arrivals, conflicts,
+            undocumented keys, latency from `ts` to arrival), `violations`, `rejected`.
+        """
+        self.commit()
+        conn = self.conn
+        evictions = self._evictions()
+        violations: list[str] = []
+        gateways: dict[str, dict[str, Any]] = {}
+        streams = conn.execute(
+            "SELECT gateway, kind, count(*), min(seq), max(seq), sum(late) FROM messages "
+            "GROUP BY gateway, kind ORDER BY gateway, kind"
+        ).fetchall()
+        for gw, kind, received, first, last, late in streams:
+            seqs = [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT seq FROM messages WHERE gateway = ? AND kind = ? ORDER BY seq",
+                    (gw, kind),
+                )
+            ]
+            start = 1 if expect_from_first else first
+            evicted = sorted(evictions.get((gw, kind), []))
+            gaps: list[tuple[int, int]] = []
+            evicted_missing = 0
+            expected = start
+            for s in [*seqs, last + 1]:
+                if s > expected:
+                    hole = (expected, s - 1)
+                    rest = _subtract(hole, evicted)
+                    gaps += rest
+                    evicted_missing += (hole[1] - hole[0] + 1) - sum(b - a + 1 for a, b in rest)
+                expected = max(expected, s + 1)
+            missing = sum(b - a + 1 for a, b in gaps)
+            dup = conn.execute(
+                "SELECT count(*), COALESCE(max(lag), 0), COALESCE(sum(retained), 0) "
+                "FROM duplicates WHERE gateway = ? AND kind = ?",
+                (gw, kind),
+            ).fetchone()
+            conflicts = conn.execute(
+                "SELECT count(*) FROM conflicts WHERE gateway = ? AND kind = ?", (gw, kind)
+            ).fetchone()[0]
+            undocumented: set[str] = set()
+            for (text,) in conn.execute(
+                "SELECT DISTINCT undocumented FROM messages WHERE gateway = ? AND kind = ? "
+                "AND undocumented IS NOT NULL",
+                (gw, kind),
+            ):
+                undocumented.update(json.loads(text))
+            latencies = [
+                r[0] * 1000.0
+                for r in conn.execute(
+                    "SELECT received - ts FROM messages WHERE gateway = ? AND kind = ? "
+                    "AND retained = 0",
+                    (gw, kind),
+                )
+            ]
+            entry: dict[str, Any] = {
+                "received": received,
+                "first_seq": first,
+                "last_seq": last,
+                "missing": missing,
+                "gaps": [list(g) for g in gaps[:MAX_LISTED]],
+                "evicted_by_policy": evicted_missing,
+                "duplicates": dup[0],
+                "duplicates_retained": dup[2],
+                "max_duplicate_lag": dup[1],
+                "out_of_order": late,
+                "conflicts": conflicts,
+                "undocumented_keys": sorted(undocumented),
+                "latency_ms": {
+                    "p50": _round(_percentile(latencies, 50)),
+                    "p99": _round(_percentile(latencies, 99)),
+                    "max": _round(max(latencies) if latencies else None),
+                },
+            }
+            if kind == "results":
+                entry["windows"] = conn.execute(
+                    "SELECT COALESCE(sum(json_extract(payload, '$.count')), 0) FROM messages "
+                    "WHERE gateway = ? AND kind = 'results'",
+                    (gw,),
+                ).fetchone()[0]
+            gateways.setdefault(gw, {"topics": {}})["topics"][kind] = entry
+            where = f"{gw} {kind}"
+            violations += [f"{where}: seq gap {a}..{b}" for a, b in gaps]
+            if conflicts:
+                violations.append(f"{where}: {conflicts} messages reuse a seq with a new msg_id")
+            if inflight_window is not None and dup[1] >= inflight_window:
+                violations.append(
+                    f"{where}: a duplicate reached {dup[1]} messages back, beyond the "
+                    f"in-flight window of {inflight_window}"
+                )
+        for gw, info in gateways.items():
+            row = conn.execute(
+                "SELECT json_extract(payload, '$.state') FROM messages "
+                "WHERE gateway = ? AND kind = 'status' ORDER BY seq DESC LIMIT 1",
+                (gw,),
+            ).fetchone()
+            info["state"] = row[0] if row else None
+        rejected_n = conn.execute("SELECT count(*) FROM rejected").fetchone()[0]
+        rejected = [
+            {"topic": t, "reason": r}
+            for t, r in conn.execute(
+                "SELECT topic, reason FROM rejected ORDER BY id LIMIT ?", (MAX_LISTED,)
+            )
+        ]
+        violations += [f"{r['topic']}: rejected: {r['reason']}" for r in rejected]
+        totals = {
+            "accepted": self.count(),
+            "duplicates": conn.execute("SELECT count(*) FROM duplicates").fetchone()[0],
+            "conflicts": conn.execute("SELECT count(*) FROM conflicts").fetchone()[0],
+            "rejected": rejected_n,
+            "ignored": conn.execute("SELECT COALESCE(sum(count), 0) FROM ignored").fetchone()[0],
+            "gateways": len(gateways),
+        }
+        return {
+            "ok": not violations,
+            "totals": totals,
+            "gateways": gateways,
+            "violations": violations[: MAX_LISTED * 4],
+            "violations_total": len(violations),
+            "rejected": rejected,
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def event_bodies(ledger: Ledger, gateway: str, event: str) -> list[dict[str, Any]]:
+    """Bodies of one event kind a gateway sent, in seq order (handy in tests and reports)."""
+    out = []
+    for message in ledger.payloads("events", gateway):
+        parsed = parse_payload("events", message)
+        if isinstance(parsed, EventPayload) and parsed.event == event:
+            out.append(event_body(parsed))
+    return out

@@ -35,3 +35,12 @@ def test_gap_regression_and_bad_envelope_are_violations() -> None:
     c.feed("edge/t/s/gw/bogus", _msg(1, "z"))
     assert c.topics["edge/t/s/gw/summary"].gaps == [(2, 3)]
     assert len(c.violations) == 5
+
+
+def test_status_seq_numbers_connections() -> None:
+    c = ContractChecker()
+    for seq, mid in ((1, "a"), (1, "b"), (3, "c"), (3, "d")):
+        c.feed("edge/t/s/gw/status", _msg(seq, mid))
+    assert c.violations == []
+    c.feed("edge/t/s/gw/status", _msg(2, "e"))
+    assert len(c.violations) == 1

@@ -157,9 +157,14 @@ def test_recording_to_cloud_labels_match(broker: Mosquitto, tmp_path: Path) -> N
             for m in list(sub.messages):
                 checker.feed(m.topic, m.payload)
             assert checker.violations == []
-            for kind in ("heartbeat", "summary", "results", "status", "events"):
+            for kind in ("heartbeat", "summary", "results", "events"):
                 assert checker.of(kind), kind
                 assert checker.topics[f"{root}/{kind}"].last_seq == len(checker.of(kind))
+            # One connection: online and offline share the connection's status seq.
+            assert [(m["state"], m["seq"]) for m in checker.of("status")] == [
+                ("online", 1),
+                ("offline", 1),
+            ]
             assert {m["device"] for _, m in checker.accepted} == {"gw-e2e"}
         # A consumer that subscribes later learns the gateway's state from the retained status.
         with collector(broker.port, f"{root}/status") as late:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from edge_agent.inference.bundle import shipped_models_dir
 from firmware_bridge.emulator import CsvRecording, DeviceEmulator
 from tests.broker import Collector, Mosquitto, collector, free_port, wait_for
 
+KILL_CYCLES = 20
 RECORDING = shipped_models_dir() / "imu-activity" / "recordings" / "heldout.csv"
 
 
@@ -139,8 +142,9 @@ def test_everything_buffered_during_an_outage_arrives_in_order(
 def test_sigkill_mid_stream_loses_no_committed_result_and_leaves_no_gap(
     tmp_path: Path, emulators: dict[str, DeviceEmulator]
 ) -> None:
-    """Kill the daemon with SIGKILL three times while it streams at full speed; after a final
-    clean run, every committed result reached the consumer and no topic has a seq gap."""
+    """Kill the daemon with SIGKILL 20 times while it streams at full speed, at random moments;
+    after a final clean run, every committed result reached the consumer exactly once as far
+    as the consumer can tell, and no topic has a seq gap."""
     db = tmp_path / "k.db"
     log = tmp_path / "daemon.log"
     with Mosquitto(tmp_path) as broker, collector(broker.port, "edge/t/s/gw-kill/#") as sub:
@@ -158,26 +162,35 @@ def test_sigkill_mid_stream_loses_no_committed_result_and_leaves_no_gap(
         assert outbox == 0
         assert sum(m["count"] for m in checker.of("results")) == results
         states = [m["state"] for m in checker.of("status")]
-        assert states.count("online") == 4
-        assert states.count("offline") == 4  # three last wills and one clean stop
+        # Each run that got as far as a CONNACK announced itself; each ended offline.
+        assert states.count("online") == states.count("offline") >= 4
+        # Re-sends after a kill are limited to what was in flight.
+        dups = sum(t.duplicates for t in checker.topics.values())
+        assert dups <= 64 * KILL_CYCLES
 
 
 def _kill_rounds(
     config: Path, log: Path, sub: Collector, procs: list[subprocess.Popen[bytes]]
 ) -> None:
-    for round_ in range(3):
+    rng = random.Random(20)
+    # The first rounds wait for results to flow; the rest kill at random moments, including
+    # during startup, store migration and the first connect.
+    for round_ in range(KILL_CYCLES):
         proc = _spawn(config, log)
         procs.append(proc)
-        target = len(sub.of("results")) + 3
-        try:
-            wait_for(
-                lambda t=target: len(sub.of("results")) >= t,
-                30,
-                f"results in round {round_}",
-            )
-        except AssertionError:
-            print(log.read_text()[-6000:])
-            raise
+        if round_ < 3:
+            target = len(sub.of("results")) + 2
+            try:
+                wait_for(
+                    lambda t=target: len(sub.of("results")) >= t,
+                    30,
+                    f"results in round {round_}",
+                )
+            except AssertionError:
+                print(log.read_text()[-6000:])
+                raise
+        else:
+            time.sleep(rng.uniform(0.05, 1.5))  # the random moment of the kill
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     before = len(sub.of("heartbeat"))

@@ -333,34 +333,27 @@ class MqttUplink:
         )
 
     async def _allocate_status(self) -> tuple[int, str, int, str]:
-        """The (online, will) status pair for the next connection.
+        """The status sequence number of the next connection, with two fresh msg_ids.
 
-        The pair is reserved in the database and reused by every attempt until one
-        connection is accepted, so failed attempts and crashes before a CONNACK burn
-        no sequence numbers and `status` stays gap-free.
+        `status` is a state topic: its `seq` numbers connections, and the `online` and
+        `offline` of one connection share it. The number is reused by every attempt until
+        one connection is accepted, so failed attempts do not burn numbers.
         """
 
-        def op(txn: Txn) -> tuple[int, str, int, str]:
+        def op(txn: Txn) -> int:
             row = txn.conn.execute(
                 "SELECT value FROM meta WHERE key = 'status_reservation'"
             ).fetchone()
             if row:
                 saved = json.loads(row[0])
                 if not saved["used"]:
-                    return saved["online"], saved["online_id"], saved["will"], saved["will_id"]
-            online, will = txn.next_seq("status"), txn.next_seq("status")
-            online_id, will_id = uuid.uuid4().hex, uuid.uuid4().hex
-            reservation = {
-                "online": online,
-                "online_id": online_id,
-                "will": will,
-                "will_id": will_id,
-                "used": False,
-            }
-            _set_meta(txn, "status_reservation", reservation)
-            return online, online_id, will, will_id
+                    return int(saved["seq"])
+            seq = txn.next_seq("status")
+            _set_meta(txn, "status_reservation", {"seq": seq, "used": False})
+            return seq
 
-        return await self.store.call(op)
+        seq = await self.store.call(op)
+        return seq, uuid.uuid4().hex, seq, uuid.uuid4().hex
 
     async def _use_status_reservation(self) -> None:
         def op(txn: Txn) -> None:
