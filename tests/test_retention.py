@@ -52,7 +52,7 @@ def _kinds(store: Store) -> dict[str, int]:
 def test_eviction_follows_the_documented_order_and_announces_seq_ranges(tmp_path: Path) -> None:
     store = _store(tmp_path / "r.db")
     _fill(store, 400)
-    before = store.submit(lambda txn: used_bytes(txn)).result(5)
+    before = store.submit(used_bytes).result(5)
     # A cap that the local history alone cannot satisfy, but dropping some results messages can.
     report = store.submit(enforce_limits(int(before * 0.45), 1e9)).result(10)
     kinds = _kinds(store)
