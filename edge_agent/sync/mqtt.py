@@ -19,6 +19,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config import AgentConfig
-from edge_agent.store.db import Store, Txn, delete_outbox, dumps, fetch_outbox
+from edge_agent.store.db import OutboxRow, Store, Txn, delete_outbox, dumps, fetch_outbox
 
 log = logging.getLogger(__name__)
+
+# Outbox rows read ahead of the in-flight window per store round trip.
+PREFETCH = 256
 
 
 def _set_meta(txn: Txn, key: str, value: Any) -> None:
@@ -192,6 +196,7 @@ class _Connection:
             if self._misc is not None:
                 self._misc.cancel()
             self.closed.set()
+            self.uplink.wake.set()
 
         self._in_loop(unregister)
 
@@ -229,6 +234,7 @@ class _Connection:
         if not self.connack.done():
             self.connack.set_result(reason)
         self.closed.set()
+        self.uplink.wake.set()
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
@@ -446,21 +452,24 @@ class MqttUplink:
     async def _drain(self, conn: _Connection, healthy_after: float) -> None:
         loop = asyncio.get_running_loop()
         window = self.config.mqtt.max_inflight
+        # Rows read ahead of the in-flight window, so one store round trip feeds many publishes.
+        pending: deque[OutboxRow] = deque()
+        queued: set[int] = set()
         while not conn.closed.is_set():
             if loop.time() > healthy_after:
                 self.backoff.reset()
-            room = window - len(conn.inflight)
-            rows = []
             self.idle.clear()
-            if room > 0:
-                exclude = set(conn.inflight.values()) | self._deleting
-                rows = await self.store.call(fetch_outbox(room, exclude))
-            for row in rows:
-                if conn.closed.is_set():
-                    break
+            if len(pending) < window:
+                exclude = set(conn.inflight.values()) | self._deleting | queued
+                for row in await self.store.call(fetch_outbox(PREFETCH, exclude)):
+                    pending.append(row)
+                    queued.add(row.id)
+            while pending and len(conn.inflight) < window and not conn.closed.is_set():
                 wait = self.bucket.take(loop.time())
                 if wait > 0:
                     await asyncio.sleep(wait)
+                row = pending.popleft()
+                queued.discard(row.id)
                 properties = None
                 if row.encoding and conn.v5:
                     properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -470,24 +479,20 @@ class MqttUplink:
                     row.topic, row.payload, qos=1, retain=row.retain, properties=properties
                 )
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    pending.appendleft(row)
+                    queued.add(row.id)
                     break
                 conn.inflight[info.mid] = row.id
                 conn.drained.clear()
                 self.stats.published += 1
-            if rows and len(rows) == room:
-                continue
-            if not rows and not conn.inflight and not self._acks:
+            if not pending and not conn.inflight and not self._acks:
                 self.idle.set()
             self.wake.clear()
-            waiter = loop.create_task(self.wake.wait())
-            closer = loop.create_task(conn.closed.wait())
-            try:
-                await asyncio.wait(
-                    {waiter, closer}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                waiter.cancel()
-                closer.cancel()
+            if conn.closed.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                # Woken by a PUBACK, new outbox rows, or the connection closing.
+                await asyncio.wait_for(self.wake.wait(), timeout=0.5)
         if not self._stopping:
             raise ConnectionResetError("connection lost")
 
