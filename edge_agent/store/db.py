@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import sqlite_utils
-
 from edge_agent.errors import StoreError
 from edge_agent.store.schema import migrate
 
@@ -256,8 +254,7 @@ class Store:
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA foreign_keys=ON")
-        db = sqlite_utils.Database(conn)
-        self.schema_before = migrate(db)
+        self.schema_before = migrate(conn)
         self.seq_cache = dict(conn.execute("SELECT topic, seq FROM topic_seq").fetchall())
         if self.max_bytes is not None:
             # A hard ceiling 25 % above the soft cap: the file can never outgrow it, and

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -72,8 +75,11 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def migrate(db: sqlite_utils.Database) -> int:
+def migrate(conn: sqlite3.Connection) -> int:
     """Bring the database to `SCHEMA_VERSION`, one transaction per step.
+
+    sqlite-utils is imported only when a migration is due: an up-to-date database (every
+    start but the first after an upgrade) does not pay its memory.
 
     Returns:
         The version the database had before.
@@ -81,13 +87,17 @@ def migrate(db: sqlite_utils.Database) -> int:
     Raises:
         RuntimeError: the database is newer than this edge-agent (a downgrade).
     """
-    conn = db.conn
     before = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if before > SCHEMA_VERSION:
         raise RuntimeError(
             f"database schema {before} is newer than this edge-agent supports "
             f"({SCHEMA_VERSION}); upgrade edge-agent or point storage.path elsewhere"
         )
+    if before == SCHEMA_VERSION:
+        return before
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
     for version in range(before, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
         try:
