@@ -48,6 +48,8 @@ RATE_HZ = 100.0
 MODEL = "imu-activity"
 WINDOW, HOP, DECIMATION = 20, 10, 10  # the shipped model at 10 Hz on 100 Hz sensors
 READ_CHUNK = 1 << 16
+PROFILE_ENV = "EDGE_AGENT_BENCH_PROFILE"
+"""If set, a worker profiles its event loop thread with cProfile and writes the stats there."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,20 @@ def _open_pty() -> tuple[int, int, str]:
 def _cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds per kind of thread of this process (from /proc, ns resolution)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            on_cpu_ns = int((task / "schedstat").read_text().split()[0])
+            name = names.get(int(task.name), "native (runtime pools)")
+            # Threads of one kind (link-imu-0..9) are summed under their common prefix.
+            key = name.rstrip("0123456789").rstrip("-_") or name
+            out[key] = out.get(key, 0.0) + on_cpu_ns / 1e9
+    return out
 
 
 def _rss_mb() -> float:
@@ -196,7 +212,40 @@ def _running_daemon(config: Any) -> Iterator[Any]:
     from firmware_bridge.protocol.v1 import Frame
 
     class TimedDaemon(Daemon):
-        first_frames_mono: float | None = None
+        """The daemon with stopwatches: first frames, target reached, latency stages."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.first_frames_mono: float | None = None
+            self.target_windows: int | None = None
+            self.target_reached = threading.Event()
+            self.target_mono: float | None = None
+            # (window close, inference start, inference end, commit) per committed batch.
+            self.stages: list[tuple[float, float, float, float]] = []
+            self.marks: dict[int, tuple[float, float, float]] = {}
+
+        def _infer_all(self, emitted: Any) -> Any:
+            start = time.monotonic()
+            batches = super()._infer_all(emitted)
+            end = time.monotonic()
+            for b in batches:
+                self.marks[id(b)] = (b.recv_mono, start, end)
+            return batches
+
+        def _committed_threadsafe(self, batches: Any) -> None:
+            now = time.monotonic()
+            for b, _ in batches:
+                mark = self.marks.pop(id(b), None)
+                if mark is not None and len(self.stages) < 100_000:
+                    self.stages.append((*mark, now))
+            super()._committed_threadsafe(batches)
+
+        def _committed(self, lat: Any) -> None:
+            super()._committed(lat)
+            target = self.target_windows
+            if target is not None and self.target_mono is None and self.windows_committed >= target:
+                self.target_mono = time.monotonic()
+                self.target_reached.set()
 
         def on_frames(
             self, sensor: str, frames: list[Frame], recv_mono: float, recv_wall: float
@@ -209,8 +258,19 @@ def _running_daemon(config: Any) -> Iterator[Any]:
     failure: list[BaseException] = []
 
     def serve() -> None:
+        profile_to = os.environ.get(PROFILE_ENV)
         try:
-            asyncio.run(daemon.run())
+            if profile_to:
+                # The event loop thread under cProfile: where the daemon's own Python time goes.
+                import cProfile
+
+                profiler = cProfile.Profile()
+                try:
+                    profiler.runcall(asyncio.run, daemon.run())
+                finally:
+                    profiler.dump_stats(profile_to)
+            else:
+                asyncio.run(daemon.run())
         except BaseException as err:
             failure.append(err)
 
@@ -263,12 +323,15 @@ def ingest_worker_main(ttys: list[str], samples: int, broker_port: int, db: Path
                 kept[0] += len(windows)
             return original_infer(windows, segments)
 
-        slot.runtime.infer = recording_infer  # type: ignore[method-assign]
+        slot.runtime.infer = recording_infer
+        # Set before any data flows (the feeder waits for "ready"), read on the loop thread.
+        daemon.target_windows = windows_expected
         busy_before = slot.runtime.stats.busy_ns
         cpu_before = _cpu_seconds()
         _emit({"ready": True})
-        _wait(lambda: daemon.windows_committed >= windows_expected, 600, "all windows", 0.0005)
-        done = time.monotonic()
+        if not daemon.target_reached.wait(600):
+            raise TimeoutError("bench: the daemon did not commit every window within 600 s")
+        done = daemon.target_mono
         cpu = _cpu_seconds() - cpu_before
         stats = slot.runtime.stats
         health = daemon.sensor_health()
@@ -358,7 +421,9 @@ def raw_read_worker_main(ttys: list[str], total_bytes: int) -> None:
     _emit({"raw_read_seconds": max(last) - first[0], "raw_read_bytes": sum(got)})
 
 
-def realtime_worker_main(ttys: list[str], warmup: float, seconds: float, port: int, db: Path) -> None:
+def realtime_worker_main(
+    ttys: list[str], warmup: float, seconds: float, port: int, db: Path
+) -> None:
     """The daemon at real time: CPU, memory and window latency over a steady stretch."""
     config = _config(ttys, db, port)
     with _running_daemon(config) as daemon:
@@ -367,11 +432,14 @@ def realtime_worker_main(ttys: list[str], warmup: float, seconds: float, port: i
         for acc in daemon.summaries.values():
             acc.latencies_ms.clear()
         committed = daemon.windows_committed
+        threads0 = _thread_cpu()
         cpu0, wall0 = _cpu_seconds(), time.monotonic()
         time.sleep(seconds)
         cpu, wall = _cpu_seconds() - cpu0, time.monotonic() - wall0
+        threads1 = _thread_cpu()
         rss = _rss_mb()
         latencies = [v for acc in daemon.summaries.values() for v in acc.latencies_ms]
+        stages = np.asarray(daemon.stages[-len(latencies) :], dtype=np.float64).reshape(-1, 4)
         committed = daemon.windows_committed - committed
         health = daemon.sensor_health()
         mqtt = daemon.uplink.stats.acked if daemon.uplink else 0
@@ -386,6 +454,24 @@ def realtime_worker_main(ttys: list[str], warmup: float, seconds: float, port: i
             "realtime_windows": committed,
             "realtime_samples": sum(h["samples"] for h in health.values()),
             "realtime_mqtt_acked": mqtt,
+            # Where window latency goes: read → inference start (link thread, hand-off to
+            # the loop, ingest), the model, inference end → committed (store thread).
+            "latency_breakdown_ms_p50": {
+                name: round(float(np.percentile(stages[:, b] - stages[:, a], 50)) * 1e3, 3)
+                for name, a, b in (("to_inference", 0, 1), ("model", 1, 2), ("to_commit", 2, 3))
+            }
+            if len(stages)
+            else None,
+            "latency_breakdown_ms_p99": {
+                name: round(float(np.percentile(stages[:, b] - stages[:, a], 99)) * 1e3, 3)
+                for name, a, b in (("to_inference", 0, 1), ("model", 1, 2), ("to_commit", 2, 3))
+            }
+            if len(stages)
+            else None,
+            "cpu_percent_by_thread": {
+                name: round(100.0 * (threads1[name] - threads0.get(name, 0.0)) / wall, 3)
+                for name in sorted(threads1)
+            },
         }
     )
 
@@ -398,15 +484,18 @@ def realtime_worker_main(ttys: list[str], warmup: float, seconds: float, port: i
 class _Proc:
     """A bench subprocess speaking JSON lines on stdout."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, profile: Path | None = None) -> None:
         self.args = args
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+        if profile is not None:
+            env[PROFILE_ENV] = str(profile)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge_agent.bench", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")},
+            env=env,
         )
 
     def read(self) -> dict[str, Any]:
@@ -502,7 +591,7 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in ("numpy", "onnxruntime", "pyserial", "paho-mqtt"):
         try:
             versions[name] = package_version(name)
@@ -514,12 +603,19 @@ def machine() -> dict[str, Any]:
         "machine": platform.machine(),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         **versions,
     }
 
 
-def run_bench(quick: bool = False, progress: IO[str] | None = None) -> dict[str, Any]:
-    """Run every phase; returns the figures (see the module docstring)."""
+def run_bench(
+    quick: bool = False, progress: IO[str] | None = None, profile_dir: Path | None = None
+) -> dict[str, Any]:
+    """Run every phase; returns the figures (see the module docstring).
+
+    With `profile_dir`, the ingest and real-time workers profile their event loop thread
+    (cProfile; `ingest.pstats`, `realtime.pstats`), which slows them: use for diagnosis only.
+    """
     plan = Plan.make(quick)
     began = time.monotonic()
 
@@ -561,6 +657,7 @@ def run_bench(quick: bool = False, progress: IO[str] | None = None) -> dict[str,
                     str(plan.ingest_samples),
                     str(port),
                     str(work / "ingest.db"),
+                    profile=profile_dir / "ingest.pstats" if profile_dir else None,
                 )
                 try:
                     ingest.read()  # ready
@@ -582,6 +679,7 @@ def run_bench(quick: bool = False, progress: IO[str] | None = None) -> dict[str,
                     str(plan.realtime_seconds),
                     str(port),
                     str(work / "realtime.db"),
+                    profile=profile_dir / "realtime.pstats" if profile_dir else None,
                 )
                 try:
                     result.update(realtime.read())

@@ -130,9 +130,9 @@ def version() -> None:
 
 def _register_commands() -> None:
     # Each area's commands live in edge_agent/commands/<area>.py and import what they use lazily.
-    from edge_agent.commands import control, doctor, sensors, service
+    from edge_agent.commands import bench, control, doctor, models, sensors, service
 
-    for module in (control, doctor, sensors, service):
+    for module in (bench, control, doctor, models, sensors, service):
         module.register(app)
 
 

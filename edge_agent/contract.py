@@ -238,9 +238,9 @@ CREATE TABLE IF NOT EXISTS messages(
     retained INTEGER NOT NULL,
     late INTEGER NOT NULL,
     undocumented TEXT,
-    payload TEXT NOT NULL,
-    UNIQUE(gateway, kind, seq)
+    payload TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS messages_seq ON messages(gateway, kind, seq);
 CREATE INDEX IF NOT EXISTS messages_msg_id ON messages(gateway, kind, msg_id);
 CREATE TABLE IF NOT EXISTS duplicates(
     id INTEGER PRIMARY KEY, gateway TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -333,7 +333,9 @@ class Ledger:
 
         Returns:
             What happened to it: `accepted`, `duplicate` (its `msg_id` is stored already),
-            `conflict` (a different message with a stored seq), `rejected` (it breaks the
+            `conflict` (a different message with a stored seq; never on `status`, whose
+            seq numbers connections and is shared by their online and offline), `rejected`
+            (it breaks the
             contract; kept in the `rejected` table with the reason) or `ignored` (not
             gateway telemetry).
         """
@@ -378,9 +380,13 @@ class Ledger:
             )
             return "duplicate"
         text = json.dumps(message, separators=(",", ":"))
-        if self.conn.execute(
-            "SELECT 1 FROM messages WHERE gateway = ? AND kind = ? AND seq = ?", (gw, kind, seq)
-        ).fetchone():
+        # `status` seq numbers connections: online and offline of one connection share it.
+        if (
+            kind != "status"
+            and self.conn.execute(
+                "SELECT 1 FROM messages WHERE gateway = ? AND kind = ? AND seq = ?", (gw, kind, seq)
+            ).fetchone()
+        ):
             self.conn.execute(
                 "INSERT INTO conflicts(gateway, kind, seq, msg_id, received, payload) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -484,7 +490,9 @@ class Ledger:
             gaps: list[tuple[int, int]] = []
             evicted_missing = 0
             expected = start
-            for s in [*seqs, last + 1]:
+            # `status` seq numbers accepted connections, so unused numbers are not losses;
+            # there the only rule is that it never goes back (counted as out of order).
+            for s in [] if kind == "status" else [*seqs, last + 1]:
                 if s > expected:
                     hole = (expected, s - 1)
                     rest = _subtract(hole, evicted)
@@ -545,6 +553,8 @@ class Ledger:
             violations += [f"{where}: seq gap {a}..{b}" for a, b in gaps]
             if conflicts:
                 violations.append(f"{where}: {conflicts} messages reuse a seq with a new msg_id")
+            if kind == "status" and late:
+                violations.append(f"{where}: status seq went back {late} times")
             if inflight_window is not None and dup[1] >= inflight_window:
                 violations.append(
                     f"{where}: a duplicate reached {dup[1]} messages back, beyond the "
@@ -553,7 +563,7 @@ class Ledger:
         for gw, info in gateways.items():
             row = conn.execute(
                 "SELECT json_extract(payload, '$.state') FROM messages "
-                "WHERE gateway = ? AND kind = 'status' ORDER BY seq DESC LIMIT 1",
+                "WHERE gateway = ? AND kind = 'status' ORDER BY seq DESC, ts DESC LIMIT 1",
                 (gw,),
             ).fetchone()
             info["state"] = row[0] if row else None

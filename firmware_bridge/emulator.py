@@ -1179,6 +1179,7 @@ class _Device:
         self.name = name
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.paused = threading.Event()
         self.pty: _Pty | None = None
         self.error: BaseException | None = None
         self._pending = b""  # rest of a frame the pty only partly accepted
@@ -1227,6 +1228,13 @@ class _Device:
                 self._send(hello, 0)
             batch_index = 0
             while not self.stop.is_set():
+                if self.paused.is_set():
+                    # A hung sensor: connected, silent. The schedule resumes where it was.
+                    pause_start = time.monotonic()
+                    while self.paused.is_set() and not self.stop.wait(self._WRITABLE_POLL_S):
+                        pass
+                    start += time.monotonic() - pause_start
+                    continue
                 if not self.max_rate:
                     # Absolute schedule: batch k is due when its last sample was taken, so
                     # timer jitter never accumulates into drift.
@@ -1508,6 +1516,16 @@ class DeviceEmulator:
         """
         self._require_running()
         self._device.plug()
+
+    def pause(self) -> None:
+        """Stop producing samples while staying plugged in, like firmware that hung."""
+        self._require_running()
+        self._device.paused.set()
+
+    def resume(self) -> None:
+        """Produce samples again after :meth:`pause`; nothing is owed for the pause."""
+        self._require_running()
+        self._device.paused.clear()
 
     def _require_running(self) -> None:
         if self._closed or self._thread is None:

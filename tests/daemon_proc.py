@@ -104,7 +104,9 @@ def cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0)
     )
 
 
-def events(db: Path, kind: str | None = None) -> list[tuple[float, str, str | None, dict[str, Any]]]:
+def events(
+    db: Path, kind: str | None = None
+) -> list[tuple[float, str, str | None, dict[str, Any]]]:
     """(ts, kind, sensor, body) of the events stored in a daemon's database."""
     import json
 
@@ -113,6 +115,4 @@ def events(db: Path, kind: str | None = None) -> list[tuple[float, str, str | No
         rows = conn.execute("SELECT ts, kind, sensor, body FROM events ORDER BY id").fetchall()
     finally:
         conn.close()
-    return [
-        (ts, k, sensor, json.loads(body)) for ts, k, sensor, body in rows if kind in (None, k)
-    ]
+    return [(ts, k, sensor, json.loads(body)) for ts, k, sensor, body in rows if kind in (None, k)]

@@ -54,8 +54,34 @@ def socket_for(config: Path | None, socket: Path | None) -> Path:
 
     if socket is not None:
         return socket
-    cfg, _ = resolve_config(config)
-    return control_socket_path(cfg)
+    chosen = config if config is not None else (SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
+    try:
+        return control_socket_path(load_config(chosen))
+    except ConfigError as err:
+        # A config being edited may be invalid; the daemon still runs the previous one,
+        # and `reload` must reach it to hear why the new one is refused.
+        found = _socket_from_raw(chosen)
+        if found is None:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(EXIT_CONFIG) from err
+        return found
+
+
+def _socket_from_raw(path: Path | None) -> Path | None:
+    """The socket path from a config file that parses as TOML but does not validate."""
+    import tomllib
+
+    if path is None:
+        return None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    service, storage = data.get("service") or {}, data.get("storage") or {}
+    if isinstance(service, dict) and isinstance(service.get("control_socket"), str):
+        return Path(service["control_socket"])
+    db = storage.get("path", "edge-agent.db") if isinstance(storage, dict) else "edge-agent.db"
+    return Path(str(db)).with_suffix(".sock")
 
 
 def _call(path: Path, cmd: str, timeout: float = 30.0) -> dict[str, Any]:

@@ -96,6 +96,12 @@ def resolve_target(
     from edge_agent.config import BleSensorConfig, SerialSensorConfig
     from firmware_bridge.profiles import available_profiles, profile_config
 
+    if profile is not None and profile not in available_profiles():
+        typer.echo(
+            f"error: unknown profile {profile!r}; valid: {', '.join(available_profiles())}",
+            err=True,
+        )
+        raise typer.Exit(EXIT_USAGE)
     cfg, _source = resolve_config(config)
     chosen = next((s for s in cfg.sensors if s.name == target), None)
     options: dict[str, Any] = {}
@@ -125,12 +131,6 @@ def resolve_target(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
         )
         typer.echo(f"error: {problems}", err=True)
-        raise typer.Exit(EXIT_USAGE) from err
-    except KeyError as err:
-        typer.echo(
-            f"error: unknown profile {profile!r}; valid: {', '.join(available_profiles())}",
-            err=True,
-        )
         raise typer.Exit(EXIT_USAGE) from err
     names = ", ".join(s.name for s in cfg.sensors) or "none"
     typer.echo(

@@ -132,6 +132,11 @@ def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
     return Bundle(path=path, manifest=manifest)
 
 
+def is_safe_name(text: str) -> bool:
+    """Whether `text` may be a model name, a version or a bundle file name."""
+    return bool(_SAFE_NAME.match(text))
+
+
 def shipped_models_dir() -> Path:
     """The bundles shipped with edge-agent (source checkout or installed wheel)."""
     package_dir = Path(__file__).resolve().parent.parent

@@ -74,8 +74,10 @@ class SilenceWatch:
 
     def _learn(self, now: float, last_data: float, samples: int) -> None:
         """Average samples per second over spans of at least two seconds of flowing data."""
-        if self._mark_time is None or samples < self._mark_samples:
-            self._mark_time, self._mark_samples = last_data, samples
+        if self._mark_time is None or samples <= 0 or samples < self._mark_samples:
+            # Frames before the device's HELLO arrive but are not counted: start after them.
+            self._mark_time = last_data if samples > 0 else None
+            self._mark_samples = samples
             return
         span = last_data - self._mark_time
         if span >= 2.0 and now - last_data <= self.limit_s:

@@ -315,13 +315,32 @@ class SensorStream:
         times = device_s + host_offset
         bounds = [*gaps, offset] if gaps and gaps[0] == 0 else [0, *gaps, offset]
         gap_at = set(gaps)
-        for group in self.groups.values():
-            for a, b in itertools.pairwise(bounds):
-                group.push(samples[a:b], times[a:b], a in gap_at)
+        groups = list(self.groups.values())
         self.stats.samples += offset
+        if not groups:
+            return []
+        # Cut windows at least every half ring, so a big batch (reads that queued up) never
+        # overwrites samples before their windows were cut.
+        limit = min((g.ring.capacity * g.factor for g in groups), default=offset) // 2 or 1
         emitted: list[Emitted] = []
-        for group in self.groups.values():
-            emitted.extend(self._cut(group, recv_mono))
+        pushed = 0
+        for first, b in itertools.pairwise(bounds):
+            gap = first in gap_at
+            a = first
+            while a < b:
+                end = min(b, a + limit - pushed)
+                for group in groups:
+                    group.push(samples[a:end], times[a:end], gap)
+                gap = False
+                pushed += end - a
+                a = end
+                if pushed >= limit:
+                    for group in groups:
+                        emitted.extend(self._cut(group, recv_mono))
+                    pushed = 0
+        if pushed:
+            for group in groups:
+                emitted.extend(self._cut(group, recv_mono))
         return emitted
 
     def _cut(self, group: RateGroup, recv_mono: float) -> list[Emitted]:
@@ -336,3 +355,39 @@ class SensorStream:
                 cut.windows = cut.windows * model.factors
             emitted.append(Emitted(self, model, cut, recv_mono))
         return emitted
+
+
+def coalesce_reads(items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Join the queued reads of each sensor into one `("frames", ...)` item per sensor.
+
+    Only reads between two other items (a state change, a reload, stop) are joined, so
+    those keep their place relative to the data. A joined item carries the first read's
+    monotonic time (window latency is then measured from the earliest read: never
+    flattering) and the last read's wall time (the newest sample arrived with it, which is
+    what the device clock needs).
+    """
+    if len(items) < 2:
+        return items
+    out: list[tuple[Any, ...]] = []
+    pending: dict[str, tuple[list[list[Frame]], float, list[float]]] = {}
+
+    def flush() -> None:
+        for sensor, (parts, recv_mono, wall) in pending.items():
+            frames = parts[0] if len(parts) == 1 else list(itertools.chain.from_iterable(parts))
+            out.append(("frames", sensor, frames, recv_mono, wall[0]))
+        pending.clear()
+
+    for item in items:
+        if item[0] != "frames":
+            flush()
+            out.append(item)
+            continue
+        _, sensor, frames, recv_mono, recv_wall = item
+        joined = pending.get(sensor)
+        if joined is None:
+            pending[sensor] = ([frames], recv_mono, [recv_wall])
+        else:
+            joined[0].append(frames)
+            joined[2][0] = recv_wall
+    flush()
+    return out

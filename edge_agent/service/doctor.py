@@ -577,8 +577,13 @@ def check_database(path: Path) -> Check:
         "stop the service, move the file aside (mv edge-agent.db edge-agent.db.corrupt), "
         "start it again; recover rows from the old file with `sqlite3 FILE .recover`"
     )
+    # Read-only, and never creating files: a -wal/-shm made by doctor running as root would
+    # lock the service user out of its own database. Without a -wal (daemon stopped) the
+    # file alone is the whole database, so it can be read as immutable.
+    wal = path.with_name(path.name + "-wal")
+    query = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
     try:
-        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?{query}", uri=True, timeout=5.0)
     except sqlite3.Error as err:
         return Check("database", "fail", f"cannot open {path}: {err}", "run doctor with sudo")
     try:
@@ -591,7 +596,8 @@ def check_database(path: Path) -> Check:
     finally:
         conn.close()
     if rows != ["ok"]:
-        return Check("database", "fail", f"{path} is damaged: {'; '.join(rows)}", fix)
+        found = "; ".join(" ".join(r.split()) for r in rows)
+        return Check("database", "fail", f"{path} is damaged: {found}", fix)
     return Check("database", "pass", f"{path}: integrity ok ({tables[0]} tables)")
 
 

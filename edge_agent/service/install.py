@@ -12,6 +12,7 @@ import functools
 import grp
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import sys
@@ -240,7 +241,9 @@ def install_steps(
     if groups:
         steps.append(
             Step(
-                f"add {user} to {', '.join(groups)} (serial ports, BlueZ)",
+                f"add {user} to {', '.join(groups)} ("
+                + ", ".join({"dialout": "serial ports", "bluetooth": "BlueZ"}[g] for g in groups)
+                + ")",
                 ["usermod", *root_opt, "--append", "--groups", ",".join(groups), user],
             )
         )
@@ -347,7 +350,7 @@ def run_steps(steps: list[Step], *, dry_run: bool, out: TextIO) -> None:
         InstallError: a step failed; the steps before it stay done.
     """
     for i, step in enumerate(steps, 1):
-        shown = f"  $ {' '.join(step.command)}" if step.command else ""
+        shown = f"  $ {shlex.join(step.command)}" if step.command else ""
         print(f"[{i}/{len(steps)}] {step.what}{chr(10) + shown if shown else ''}", file=out)
         if dry_run:
             continue
@@ -370,15 +373,17 @@ def run_steps(steps: list[Step], *, dry_run: bool, out: TextIO) -> None:
                 print(f"      (ignored: {detail})", file=out)
 
 
-def require_systemd_root(root: Path) -> None:
+def require_systemd_root(
+    root: Path, *, euid: int | None = None, systemd_dir: Path = Path("/run/systemd/system")
+) -> None:
     """Refuse a live install that cannot work: not root, or systemd not running.
 
     Raises:
         InstallError: with what to do instead.
     """
-    if os.geteuid() != 0:
+    if (os.geteuid() if euid is None else euid) != 0:
         raise InstallError("installing the service needs root: run it with sudo")
-    if root == Path("/") and not Path("/run/systemd/system").is_dir():
+    if root == Path("/") and not systemd_dir.is_dir():
         raise InstallError(
             "systemd is not running on this machine; use --dry-run to see the steps, "
             "or --root DIR to stage the files into an image"

@@ -179,6 +179,12 @@ class Notifier:
                 self._sock.close()
             self._sock = None
 
+    def __enter__(self) -> Notifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _status(text: str) -> str:
     return "STATUS=" + " ".join(text.split())

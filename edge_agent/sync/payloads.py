@@ -79,6 +79,13 @@ class Envelope(_Part):
 class StatusPayload(Envelope):
     """`<root>/status` (retained): birth on every connect, last will and clean stop."""
 
+    seq: int = Field(
+        ge=1,
+        description="Numbers accepted connections: the `online` and the `offline` of one "
+        "connection share it, later connections carry higher ones, and numbers may be "
+        "skipped. It never goes back.",
+    )
+
     state: Literal["online", "offline"] = Field(
         description="`online` on connect (birth); `offline` on clean stop or as the last will."
     )

@@ -99,6 +99,31 @@ class BleBackend(Protocol):
 class BleakBackend:
     """The real thing: :class:`bleak.BleakScanner` and :class:`bleak.BleakClient`."""
 
+    def __init__(self) -> None:
+        self._used = False
+
+    async def aclose(self) -> None:
+        """Close the D-Bus connection bleak keeps for this event loop.
+
+        bleak's BlueZ backend holds one manager (and one system-bus connection) per event
+        loop for the life of the process. Each link runs its own loop, so when the link ends
+        that connection would leak until garbage collection; this closes it. It reaches into
+        bleak's manager because bleak offers no public way to do so.
+        """
+        if not self._used:
+            return
+        try:
+            from bleak.backends.bluezdbus.manager import get_global_bluez_manager
+
+            async with asyncio.timeout(2.0):
+                manager = await get_global_bluez_manager()
+                bus = getattr(manager, "_bus", None)
+                if bus is not None:
+                    bus.disconnect()
+                    await bus.wait_for_disconnect()
+        except Exception as err:  # no BlueZ at all, or already gone: nothing to close
+            log.debug("closing bleak's D-Bus connection: %r", err)
+
     async def find(
         self,
         match: Matcher,
@@ -110,6 +135,7 @@ class BleakBackend:
         """Scan with ``BleakScanner.find_device_by_filter`` (it stops at the first match)."""
         from bleak import BleakScanner
 
+        self._used = True
         kwargs: dict[str, Any] = {}
         if service_uuids:
             kwargs["service_uuids"] = service_uuids
@@ -128,6 +154,7 @@ class BleakBackend:
         """A new ``BleakClient`` (one per connection, so no state survives a reconnect)."""
         from bleak import BleakClient
 
+        self._used = True
         client: BleClient = BleakClient(
             device,
             disconnected_callback=disconnected_callback,
@@ -307,13 +334,22 @@ class BleLink(Link):
     def _run(self) -> None:
         asyncio.run(self._main())
 
+    async def _main(self) -> None:
+        try:
+            await self._supervise()
+        finally:
+            close = getattr(self.backend, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+
     def _interrupt(self) -> None:
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
             with contextlib.suppress(RuntimeError):  # the loop already ended
                 loop.call_soon_threadsafe(wake.set)
 
-    async def _main(self) -> None:
+    async def _supervise(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         reported = False

@@ -41,9 +41,7 @@ class EmulatedLink(SerialLink):
                     device_id=self.name,
                 )
         elif config.synthetic:
-            source = SyntheticMotion(
-                rate_hz=config.rate_hz or 50.0, seed=hash(self.name) & 0xFFFF
-            )
+            source = SyntheticMotion(rate_hz=config.rate_hz or 50.0, seed=hash(self.name) & 0xFFFF)
         else:
             source = CsvRecording(config.recording or default_recording())
             if config.start_offset_s:

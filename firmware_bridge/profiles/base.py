@@ -205,7 +205,8 @@ class HostClock:
                 missed = max(0, round((first - nxt) / period))
                 self.resets += 1
             elif err < 0:
-                first = nxt + err
+                # Never step back past half a period: stamps already given out stay ordered.
+                first = nxt + max(err, -0.5 * period)
             else:
                 first = nxt + err * self.gain
         self._next = first + n * period
@@ -280,6 +281,7 @@ class HostTimedProfile(Profile):
         self._hello_due = True
         self._last_recv: float | None = None
         self._rate_checked = -math.inf
+        self._rate_suspect = False
         if self._rate is not None:
             self.stats.rate_hz = self._rate
 
@@ -343,12 +345,19 @@ class HostTimedProfile(Profile):
         if self._rate is None:
             self._rate = snapped
         elif self._declared is None and abs(snapped - self._rate) > 0.1 * self._rate:
+            if not self._rate_suspect:
+                # Measure again from scratch, so the new figure holds no pre-change samples.
+                self._rate_suspect = True
+                self._learner.reset()
+                return
             # The device was reconfigured: announce the new rate (the stream re-plans windows).
             self._rate = snapped
             self._hello_due = True
             self._clock = None
         else:
+            self._rate_suspect = False
             return
+        self._rate_suspect = False
         self.stats.rate_hz = self._rate
 
     def _batches(self, samples: npt.NDArray[np.int16], recv: float) -> list[Frame]:

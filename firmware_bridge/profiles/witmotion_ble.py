@@ -40,7 +40,11 @@ REGISTER_FLAG = 0x71
 PACKET_SIZE = 20
 """Bytes per packet."""
 SERVICE_UUID = "0000ffe5-0000-1000-8000-00805f9a34fb"
-"""GATT service of the WT901BLE data channel."""
+"""GATT service of the WT901BLE data channel.
+
+WitMotion's UUIDs end in ``…805f9a34fb``, not on the Bluetooth base ``…805f9b34fb``, so the
+16-bit short form ``ffe5`` does not name them: always use the full form.
+"""
 NOTIFY_UUID = "0000ffe4-0000-1000-8000-00805f9a34fb"
 """Characteristic whose notifications carry the packets."""
 WRITE_UUID = "0000ffe9-0000-1000-8000-00805f9a34fb"
