@@ -46,14 +46,21 @@ class Mosquitto:
     workdir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    persistence: bool = False
 
     def start(self) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = self.workdir / f"mosquitto-{self.port}.conf"
         # As root, mosquitto would drop to its own user and lose access to the test's files.
         user = "user root\n" if os.geteuid() == 0 else ""
+        persist = (
+            f"persistence true\npersistence_location {self.workdir}/\n"
+            f"persistence_file mosquitto-{self.port}.db\n"
+            if self.persistence
+            else "persistence false\n"
+        )
         conf.write_text(
-            f"{user}per_listener_settings false\nallow_anonymous true\npersistence false\n"
+            f"{user}per_listener_settings false\nallow_anonymous true\n{persist}"
             f"listener {self.port} 127.0.0.1\n{getattr(self, '_extra', '')}"
         )
         self.log = self.workdir / f"mosquitto-{self.port}.log"
@@ -99,14 +106,18 @@ class Received:
 class Collector:
     """Subscribes to a topic filter and keeps every JSON message that arrives."""
 
-    def __init__(self, port: int, topic_filter: str) -> None:
+    def __init__(self, port: int, topic_filter: str, *, persistent: bool = False) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
+        # persistent: a durable session (clean_session false), as a cloud consumer has, so a
+        # broker restart does not lose what was queued for it.
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"collector-{port}-{time.monotonic_ns()}",
+            clean_session=not persistent,
         )
+        self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic_filter, qos=1)
@@ -129,8 +140,8 @@ class Collector:
 
 
 @contextlib.contextmanager
-def collector(port: int, topic_filter: str) -> Iterator[Collector]:
-    c = Collector(port, topic_filter)
+def collector(port: int, topic_filter: str, *, persistent: bool = False) -> Iterator[Collector]:
+    c = Collector(port, topic_filter, persistent=persistent)
     try:
         yield c
     finally:
