@@ -8,6 +8,7 @@ Environment overrides use `EDGE_AGENT_<SECTION>__<KEY>` (list items by index:
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import socket
@@ -322,25 +323,25 @@ def _default_sensors() -> list[SerialSensorConfig | BleSensorConfig | EmulatedSe
     ]
 
 
-CommandName = Literal["ping", "status", "config.get", "config.set", "sync.flush", "sensors.list"]
-COMMANDS: tuple[CommandName, ...] = (
-    "ping",
-    "status",
-    "config.get",
-    "config.set",
-    "sync.flush",
-    "sensors.list",
-)
-
-
 class CommandsConfig(Section):
     """Remote commands over MQTT (`<root>/cmd/<name>`)."""
 
     enabled: bool = Field(default=True, description="Subscribe to remote commands at all.")
-    allow: list[CommandName] = Field(
-        default_factory=lambda: list(COMMANDS),
-        description="Commands this gateway accepts; others are answered `forbidden`.",
+    allow: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Commands this gateway accepts, as names or shell-style patterns "
+        "('faces.*'); others are answered `forbidden`.",
     )
+    deny: list[str] = Field(
+        default_factory=list,
+        description="Commands refused even when `allow` matches (names or patterns).",
+    )
+
+    def permits(self, name: str) -> bool:
+        """Whether the command `name` may run here."""
+        return any(fnmatch.fnmatchcase(name, p) for p in self.allow) and not any(
+            fnmatch.fnmatchcase(name, p) for p in self.deny
+        )
 
 
 class LoggingConfig(Section):

@@ -83,7 +83,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Requester,
             f'[device]\nid = "gw-cmd"\ntenant = "t"\nsite = "s"\n\n'
             f'[mqtt]\nport = {broker.port}\nusername = "u"\npassword = "hunter2"\n\n'
             f'[storage]\npath = "{tmp / "cmd.db"}"\n\n'
-            '[commands]\nallow = ["ping", "status", "config.get", "config.set", "sync.flush"]\n\n'
+            '[commands]\ndeny = ["sensors.*"]\n\n'
             "[logging]\nshow_results = false\n\n"
             '[[sensors]]\nname = "imu-0"\nlink = "emulated"\n'
         )

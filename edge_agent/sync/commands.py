@@ -24,7 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_agent.config import COMMANDS, _set_path, _to_toml, parse_config, render_config
+from edge_agent.config import _set_path, _to_toml, parse_config, render_config
 from edge_agent.errors import ConfigError
 from edge_agent.store.db import dumps, outbox_depth
 
@@ -73,7 +73,15 @@ class CommandServer:
             "sync.flush": self._sync_flush,
             "sensors.list": self._sensors_list,
         }
-        assert set(self.handlers) == set(COMMANDS)
+
+    def register(self, name: str, handler: Handler) -> None:
+        """Add a command (OTA, face gallery, ...); `handler(args)` returns the result dict.
+
+        Raise `CommandError` from the handler to answer with an error code.
+        """
+        if name in self.handlers:
+            raise ValueError(f"command {name!r} is already registered")
+        self.handlers[name] = handler
 
     @property
     def root(self) -> str:
@@ -126,7 +134,7 @@ class CommandServer:
                 raise CommandError(
                     "unknown_command", f"unknown command {name!r}", sorted(self.handlers)
                 )
-            if name not in self.daemon.config.commands.allow:
+            if not self.daemon.config.commands.permits(name):
                 raise CommandError("forbidden", f"command {name!r} is not allowed on this gateway")
             args = {**request.args, "_received_ts": received}
             result = await asyncio.wait_for(handler(args), timeout=TIMEOUT_S)
