@@ -34,7 +34,7 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 unit: setup
-	@scripts/ensure-mosquitto.sh
+	@scripts/ensure-test-deps.sh
 	$(VENV)/bin/pytest
 
 ## bench: the performance contract as JSON

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# System packages the test suite drives for real: a private mosquitto, a private D-Bus
+# (the BlueZ double), systemd-analyze (unit verification), openssl (test CAs), and
+# Debian's python3-systemd (the libsystemd notify path).
+set -euo pipefail
+need=()
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v dbus-daemon >/dev/null || need+=(dbus-daemon)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v openssl >/dev/null || need+=(openssl)
+[ -e /usr/lib/python3/dist-packages/systemd/daemon.py ] || need+=(python3-systemd)
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "installing test dependencies: ${need[*]}" >&2
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+else
+    echo "error: the tests need: ${need[*]}; run: sudo apt-get install ${need[*]}" >&2
+    exit 1
+fi

@@ -1,0 +1,66 @@
+"""Suite-wide hygiene: a test that leaves a daemon process or a thread running fails."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+
+def _daemons() -> list[psutil.Process]:
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+        if "edge_agent" in cmdline or "edge-agent" in cmdline:
+            out.append(child)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_daemons() -> Iterator[None]:
+    """Every `edge-agent` process a test starts must be gone when it ends.
+
+    A daemon left behind keeps reopening serial ports and would steal the ptys of later
+    tests. Leftovers are killed, and the test that left them fails.
+    """
+    # Daemons of module- or session-scoped fixtures are already running here; they are
+    # their fixture's to stop.
+    before = {p.pid for p in _daemons()}
+    yield
+    deadline = time.monotonic() + 5.0
+    leftovers = [p for p in _daemons() if p.pid not in before]
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.05)
+        leftovers = [p for p in leftovers if p.is_running() and p.status() != "zombie"]
+    if leftovers:
+        names = [" ".join(p.cmdline()[:6]) for p in leftovers]
+        for p in leftovers:
+            p.kill()
+        pytest.fail(f"test left edge-agent processes running: {names}")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_link_threads() -> Iterator[None]:
+    """Link reader and store writer threads started by a test must be stopped by it."""
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        leaked = [
+            t.name
+            for t in threading.enumerate()
+            if t.ident not in before
+            and t.is_alive()
+            and (t.name.startswith("link-") or t.name == "store-writer")
+        ]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if leaked:
+        pytest.fail(f"test left threads running: {leaked}")
