@@ -328,11 +328,13 @@ def ingest_worker_main(ttys: list[str], samples: int, broker_port: int, db: Path
         daemon.target_windows = windows_expected
         busy_before = slot.runtime.stats.busy_ns
         cpu_before = _cpu_seconds()
+        threads_before = _thread_cpu()
         _emit({"ready": True})
         if not daemon.target_reached.wait(600):
             raise TimeoutError("bench: the daemon did not commit every window within 600 s")
         done = daemon.target_mono
         cpu = _cpu_seconds() - cpu_before
+        threads_after = _thread_cpu()
         stats = slot.runtime.stats
         health = daemon.sensor_health()
         links = [(link.decoder.stats, link.stats) for link in daemon.links.values()]
@@ -377,6 +379,13 @@ def ingest_worker_main(ttys: list[str], samples: int, broker_port: int, db: Path
             "model_only_us_per_window": bare_ns / 1e3 / max(1, bare_windows),
             "pipeline_us_per_window": elapsed * 1e6 / max(1, windows),
             "pipeline_cpu_us_per_window": cpu * 1e6 / max(1, windows),
+            # CPU per sample by kind of thread: where the single core goes at full speed.
+            "ingest_cpu_ns_per_sample_by_thread": {
+                name: round(
+                    (threads_after[name] - threads_before.get(name, 0.0)) * 1e9 / samples_seen, 1
+                )
+                for name in sorted(threads_after)
+            },
         }
     )
 

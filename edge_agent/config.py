@@ -185,6 +185,122 @@ class ModelsConfig(Section):
     )
 
 
+class OtaConfig(Section):
+    """Over-the-air model updates: who may sign them, where they go, how they are judged."""
+
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description="ed25519 public keys (base64 of the 32 raw bytes, as `edge-agent models "
+        "keygen` prints them) whose signatures are accepted. List the old and the new key "
+        "while rotating. Empty: every update is refused.",
+    )
+    install_dir: Path | None = Field(
+        default=None,
+        description="Where installed versions and the active-version state live "
+        "(<install_dir>/<name>/<version>/); default: `ota/` beside the database.",
+    )
+    allow_http: bool = Field(
+        default=False,
+        description="Accept plain http:// URLs (the signature still protects the content, but "
+        "not against replay or eavesdropping). https and file:// are always accepted.",
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle (PEM) that verifies https download servers; default: the "
+        "system's CA store.",
+    )
+    max_bundle_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest bundle archive accepted, and the largest total size of its "
+        "unpacked files.",
+    )
+    inline_max_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest bundle accepted in chunks over MQTT (`model.chunk`), for sites "
+        "without https access.",
+    )
+    download_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Socket timeout of a download."
+    )
+    download_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Attempts per deployment when the connection breaks; each resumes where "
+        "the last one stopped.",
+    )
+    keep_versions: int = Field(
+        default=3,
+        ge=2,
+        le=50,
+        description="Installed versions kept per model (the active one included); older "
+        "ones are removed after a successful probation.",
+    )
+    latency_budget_ms: float = Field(
+        default=50.0,
+        gt=0,
+        description="Most a new version may take for one window (median of the staging runs, "
+        "and the mean per window during probation).",
+    )
+    require_golden: bool = Field(
+        default=True,
+        description="Refuse bundles without golden vectors (inputs with expected outputs); "
+        "`edge-agent models pack` adds them.",
+    )
+    probation_windows: int = Field(
+        default=100,
+        ge=0,
+        description="Windows a new version must process before it is confirmed (0: no "
+        "minimum).",
+    )
+    probation_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds a new version stays on probation at least (0: no minimum). With "
+        "both at 0 a new version is confirmed at once.",
+    )
+    max_error_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of the new version's inference calls that may fail during "
+        "probation (0: any failure rolls back).",
+    )
+    max_label_drift: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Largest total variation distance between the label distributions of the "
+        "new and the previous version on the same probation windows (1: never rolls back).",
+    )
+    collapse_share: float = Field(
+        default=0.98,
+        gt=0,
+        le=1,
+        description="The new version collapsed when one label takes at least this share of "
+        "the probation windows while the previous version's top label stayed below it.",
+    )
+
+    @model_validator(mode="after")
+    def _keys_decode(self) -> OtaConfig:
+        import base64
+        import binascii
+
+        for i, key in enumerate(self.trusted_keys):
+            try:
+                raw = base64.b64decode(key.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError(
+                    f"trusted_keys[{i}] is not an ed25519 public key (base64 of 32 bytes, as "
+                    "`edge-agent models keygen` prints it)"
+                )
+        return self
+
+
 class SensorBase(Section):
     """Keys every sensor has, whatever its link."""
 
@@ -388,6 +504,9 @@ class AgentConfig(Section):
     sync: SyncConfig = Field(default_factory=SyncConfig, description="Upstream cadence.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Local store.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model bundles.")
+    ota: OtaConfig = Field(
+        default_factory=OtaConfig, description="Over-the-air model updates (docs/ota.md)."
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
     commands: CommandsConfig = Field(
         default_factory=CommandsConfig, description="Remote commands over MQTT."

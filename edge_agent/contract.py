@@ -154,7 +154,7 @@ class ContractChecker:
         else:
             try:
                 raw = payload.encode() if isinstance(payload, str) else payload
-                message = decode_payload(raw)
+                message = decode_payload(raw, kind=kind)
             except PayloadError as err:
                 self.violations.append(f"{topic}: payload is not JSON ({'; '.join(err.problems)})")
                 return None
@@ -351,7 +351,7 @@ class Ledger:
             )
             return "ignored"
         try:
-            message = decode_payload(raw, content_encoding)
+            message = decode_payload(raw, content_encoding, name.kind)
             payload = parse_payload(name.kind, message)
             if payload.device != name.device:
                 raise PayloadError(
@@ -459,8 +459,9 @@ class Ledger:
         Args:
             expect_from_first: Count seqs below the first one received as missing (the
                 consumer was subscribed before the gateways first published).
-            inflight_window: When given, a duplicate that reaches further back than this
-                many messages is a violation (re-sends come only from the in-flight window).
+            inflight_window: When given, a duplicate `inflight_window` or more messages
+                behind the newest seq already stored is a violation (re-sends after a
+                crash come only from the messages that were in flight).
 
         Returns:
             A JSON-ready dict: `ok`, `totals`, `gateways` (per gateway and topic kind:
@@ -552,9 +553,9 @@ class Ledger:
             where = f"{gw} {kind}"
             violations += [f"{where}: seq gap {a}..{b}" for a, b in gaps]
             if conflicts:
-                violations.append(f"{where}: {conflicts} messages reuse a seq with a new msg_id")
+                violations.append(f"{where}: seq reused with a new msg_id ({conflicts} messages)")
             if kind == "status" and late:
-                violations.append(f"{where}: status seq went back {late} times")
+                violations.append(f"{where}: status seq went back ({late} messages)")
             if inflight_window is not None and dup[1] >= inflight_window:
                 violations.append(
                     f"{where}: a duplicate reached {dup[1]} messages back, beyond the "

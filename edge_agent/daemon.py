@@ -29,8 +29,9 @@ import numpy.typing as npt
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import BundleError, ConfigError, EdgeAgentError, RuntimeBackendError
-from edge_agent.inference.bundle import find_bundle, shipped_models_dir
-from edge_agent.inference.runtime import open_runtime
+from edge_agent.inference.bundle import Bundle, shipped_models_dir
+from edge_agent.inference.runtime import Runtime, open_runtime
+from edge_agent.ota.manager import OtaManager
 from edge_agent.pipeline.silence import SilenceWatch
 from edge_agent.pipeline.stream import Emitted, ModelSlot, SensorStream, coalesce_reads
 from edge_agent.pipeline.summary import SummaryAccumulator
@@ -49,6 +50,15 @@ INLINE_INFERENCE_S = 0.0005
 
 # How often the disk caps are checked (they are also enforced whenever the disk is full).
 RETENTION_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class ModelSwap:
+    """What `Daemon.swap_model` did: how long the pipeline waited, what it replaced."""
+
+    pause_ns: int
+    replaced: list[tuple[Bundle, Runtime]]
+    """(bundle, runtime) that served before, one per distinct runtime replaced."""
 
 
 @dataclass
@@ -219,6 +229,7 @@ class Daemon:
         self._inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._infer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.ota = OtaManager(self)
         self._shown = 0
         self._shown_window = 0.0
         self.windows_committed = 0
@@ -282,6 +293,32 @@ class Daemon:
         await self._inbox.put(("reload", done))
         return await done
 
+    async def swap_model(self, name: str, bundle: Bundle, runtime: Runtime) -> ModelSwap:
+        """Make a loaded model serve every bare reference to `name`, between two pipeline rounds.
+
+        Windows cut before the swap are run on the model they were cut for, the following
+        ones on the new model (the input contract must match; `ota.staging` checks it).
+
+        Raises:
+            EdgeAgentError: the daemon is stopping.
+        """
+        if self._stop.is_set():
+            raise EdgeAgentError("the daemon is stopping; model not swapped")
+        done: asyncio.Future[ModelSwap] = asyncio.get_running_loop().create_future()
+        await self._inbox.put(("swap", name, bundle, runtime, done))
+        return await done
+
+    def _swap_now(self, name: str, bundle: Bundle, runtime: Runtime) -> ModelSwap:
+        """The swap itself, on the pipeline task: repoint the slots, nothing else."""
+        start = time.perf_counter_ns()
+        replaced: list[tuple[Bundle, Runtime]] = []
+        for ref, slot in self.slots.items():
+            if "@" not in ref and slot.bundle.manifest.name == name:
+                if all(slot.runtime is not r for _, r in replaced):
+                    replaced.append((slot.bundle, slot.runtime))
+                slot.bundle, slot.runtime = bundle, runtime
+        return ModelSwap(time.perf_counter_ns() - start, replaced)
+
     def _event(
         self, kind: str, severity: str = "info", sensor: str | None = None, **body: Any
     ) -> None:
@@ -308,7 +345,7 @@ class Daemon:
             for ref in sensor.models:
                 try:
                     if ref not in self.slots:
-                        bundle = find_bundle(ref, search)
+                        bundle = self.ota.find_bundle(ref, search)
                         runtime = open_runtime(bundle)
                         self.slots[ref] = ModelSlot(bundle, runtime)
                         log.info(
@@ -385,6 +422,9 @@ class Daemon:
         old = self.config
         loaded = {ref: slot.bundle for ref, slot in self.slots.items()}
         resolved = await asyncio.to_thread(resolve_models, new, shipped_models_dir())
+        resolved = await asyncio.to_thread(
+            self.ota.resolve_refs, resolved, [*new.models.dirs, shipped_models_dir()]
+        )
         plan = plan_reload(old, new, loaded, resolved)
         # Keys built into the store and the socket keep their running values until a restart.
         new = new.model_copy(
@@ -456,6 +496,7 @@ class Daemon:
         await asyncio.to_thread(self.store.open)
         if self.store.schema_before == 0:
             log.info("store: created %s", self.config.storage.path)
+        await asyncio.to_thread(self.ota.open)  # the persisted active versions, before loading
         await asyncio.to_thread(self._load_models)
         self.commands = CommandServer(self)
         self.uplink = self._new_uplink(self.config)
@@ -465,6 +506,7 @@ class Daemon:
         for sensor in self.config.sensors:
             self._start_sensor(sensor.name)
         await self.service.start()
+        self.ota.start(self.commands, self.service.control)
         self.state = "running"
         self.ready.set()
         self.service.ready()
@@ -476,6 +518,7 @@ class Daemon:
                 self._ticker_task = tasks.create_task(self._ticker(), name="ticker")
                 silence = tasks.create_task(self._watch_silence(), name="silence-watch")
                 await self._stop.wait()
+                await self.ota.close()  # no swap is queued after this
                 async with self._reload_lock:  # a reload in progress finishes first
                     self.state = "stopping"
                 self.service.stopping()
@@ -503,6 +546,7 @@ class Daemon:
                 self._uplink_task.cancel()
         finally:
             await self.service.close()
+            await self.ota.close()
             for link in self.links.values():
                 link.close()
             for slot in self.slots.values():
@@ -550,6 +594,14 @@ class Daemon:
                     outcome = await self._reload_now()
                     if item[1] is not None and not item[1].done():
                         item[1].set_result(outcome)
+                elif kind == "swap":
+                    # Windows cut so far run on the model they were cut for; the next ones
+                    # on the new one: none dropped, none run twice.
+                    await self._infer_and_store(loop, emitted)
+                    emitted = []
+                    _, name, bundle, runtime, done = item
+                    if not done.done():
+                        done.set_result(self._swap_now(name, bundle, runtime))
                 elif kind == "stop":
                     stopping = True
             await self._infer_and_store(loop, emitted)
@@ -603,10 +655,15 @@ class Daemon:
             )
             # Per-stream models (baselines) need to know which windows came from which stream.
             segments = [(p.stream.name, len(p.cut.windows)) for p in parts]
-            out = slot.runtime.infer(np.ascontiguousarray(windows, dtype=np.float32), segments)
+            batch = np.ascontiguousarray(windows, dtype=np.float32)
+            watch = self.ota.watching.get(slot.bundle.path) if self.ota.watching else None
+            if watch is None:
+                out, producer = slot.runtime.infer(batch, segments), slot.bundle
+            else:  # on probation: judged, the previous version answering what it fails on
+                out, producer = watch.infer(slot.runtime, batch, segments)
             label_index = np.argmax(out, axis=1).astype(np.int64)
             confidence = out[np.arange(len(out)), label_index].astype(np.float32)
-            manifest = slot.bundle.manifest
+            manifest = producer.manifest
             at = 0
             for p in parts:
                 n = len(p.cut.windows)

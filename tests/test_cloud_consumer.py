@@ -298,7 +298,7 @@ def test_consumer_reports_a_clean_daemon_stream_and_every_injected_fault(
     assert sorted(report["violations"]) == sorted(
         [
             "t1/s1/gw-fake heartbeat: seq gap 2..3",
-            "t1/s1/gw-fake heartbeat: 1 messages reuse a seq with a new msg_id",
+            "t1/s1/gw-fake heartbeat: seq reused with a new msg_id (1 messages)",
             f"{FAKE}/results: rejected: {report['rejected'][0]['reason']}",
         ]
     )

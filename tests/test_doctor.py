@@ -26,10 +26,12 @@ from edge_agent.inference.bundle import shipped_models_dir
 from edge_agent.service.doctor import (
     Account,
     cert_not_after,
+    check_broker,
     check_clock,
     check_database,
     check_disk,
     check_tls,
+    check_transport,
     exit_code,
     run_checks,
     worst,
@@ -285,6 +287,20 @@ def test_tls_broker_certificate_days_to_expiry(
         expired = check_tls("127.0.0.1", broker.port, pki / "ca.crt", now=later)
         assert expired.status == "fail"
         assert "renew" in (expired.fix or "")
+        # The same through the config, as `edge-agent doctor` runs it: TLS check and an
+        # MQTT connection over TLS.
+        config = load_config(
+            write_config(
+                pki / f"tls-{name}.toml",
+                db=pki / "unused.db",
+                mqtt_port=broker.port,
+                sensors=[],
+                sections={"mqtt": {"tls": True, "ca_file": str(pki / "ca.crt")}},
+            ),
+            environ={},
+        )
+        assert check_transport(config).status == status
+        assert check_broker(config).status == "pass"
         wrong_ca = check_tls("127.0.0.1", broker.port, pki / "other.crt")
         assert wrong_ca.status == "fail"
         assert "does not verify" in wrong_ca.summary

@@ -163,7 +163,9 @@ def test_sigkill_mid_stream_loses_no_committed_result_and_leaves_no_gap(
         assert sum(m["count"] for m in checker.of("results")) == results
         states = [m["state"] for m in checker.of("status")]
         # Each run that got as far as a CONNACK announced itself; each ended offline.
-        assert states.count("online") == states.count("offline") >= 4
+        # A kill in the instant between CONNACK and the birth leaves a will without a birth.
+        assert states.count("offline") >= states.count("online") >= 4
+        assert states.count("offline") <= states.count("online") + 1
         # Re-sends after a kill are limited to what was in flight.
         dups = sum(t.duplicates for t in checker.topics.values())
         assert dups <= 64 * KILL_CYCLES

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from edge_agent.commands.control import EXIT_NOT_RUNNING
+from edge_agent.commands.control import EXIT_NOT_RUNNING, ToolConfigOption
 
 service_app = typer.Typer(
     help="Install, remove and inspect the systemd service.", no_args_is_help=True
@@ -110,7 +110,7 @@ def uninstall(
 
 
 @service_app.command("status")
-def status() -> None:
+def status(config: ToolConfigOption = None) -> None:
     """systemd's view of the service (enabled, active, recent log), then the daemon's own."""
     from edge_agent.commands.control import render_status, resolve_config
     from edge_agent.service.control import ControlError, control_socket_path, request
@@ -129,7 +129,7 @@ def status() -> None:
     active = systemctl("is-active")
     typer.echo(f"{UNIT_NAME}: {enabled}, {active}")
     typer.echo(systemctl("status", "--no-pager", "--lines=5"))
-    cfg, _ = resolve_config(None)
+    cfg, _ = resolve_config(config)
     try:
         reply = request(control_socket_path(cfg), "status", timeout=10.0)
     except ControlError as err:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge_agent.config import AgentConfig
-from edge_agent.errors import BundleError, EdgeAgentError
+from edge_agent.errors import BundleError, ConfigError, EdgeAgentError
 
 Status = Literal["pass", "warn", "fail"]
 RANK: dict[str, int] = {"pass": 0, "warn": 1, "fail": 2}
@@ -256,7 +256,7 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 @dataclass
 class TlsSettings:
-    """What the doctor needs to know about the broker's TLS, read from the mqtt section."""
+    """What the doctor needs to know about the broker's TLS (the mqtt section's keys)."""
 
     enabled: bool
     ca_file: Path | None = None
@@ -265,25 +265,9 @@ class TlsSettings:
 
 
 def tls_settings(config: AgentConfig) -> TlsSettings:
-    """TLS settings of the mqtt section, whichever of the usual key names it uses."""
-    mqtt: Any = config.mqtt
-    tls: Any = getattr(mqtt, "tls", None)
-    holder = tls if tls is not None and not isinstance(tls, bool) else mqtt
-
-    def path(*names: str) -> Path | None:
-        for name in names:
-            value = getattr(holder, name, None)
-            if value:
-                return Path(str(value))
-        return None
-
-    enabled = bool(getattr(holder, "enabled", tls if isinstance(tls, bool) else tls is not None))
-    return TlsSettings(
-        enabled=enabled,
-        ca_file=path("ca_file", "cafile", "ca_certs"),
-        cert_file=path("cert_file", "certfile", "client_cert"),
-        key_file=path("key_file", "keyfile", "client_key"),
-    )
+    """TLS settings of the mqtt section."""
+    mqtt = config.mqtt
+    return TlsSettings(mqtt.tls, mqtt.ca_file, mqtt.cert_file, mqtt.key_file)
 
 
 def cert_not_after(pem: str) -> dt.datetime:
@@ -415,9 +399,11 @@ def check_broker(config: AgentConfig, *, timeout: float = 5.0) -> Check:
         protocol=protocol,
     )
     if cfg.username:
-        client.username_pw_set(
-            cfg.username, cfg.password.get_secret_value() if cfg.password else None
-        )
+        try:
+            password = cfg.secret()
+        except ConfigError as err:
+            return Check("broker", "fail", str(err), "fix mqtt.password_file or its permissions")
+        client.username_pw_set(cfg.username, password)
     tls = tls_settings(config)
     if tls.enabled:
         client.tls_set(

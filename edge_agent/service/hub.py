@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -70,11 +71,15 @@ class ServiceHub:
         self.outbox_depth: int | None = None
         self.ready_at: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the control socket (a failure is logged; the daemon runs on without it)."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         path = control_socket_path(self.daemon.config)
         server = ControlServer(
             path,
@@ -162,7 +167,11 @@ class ServiceHub:
         if severity != "info":
             self.recent_errors.append(record)
         if self.tail.active:
-            self.tail.publish(record)
+            # Model loading reports from a worker thread; the tail queues live on the loop.
+            if self._loop is not None and threading.get_ident() != self._loop_thread:
+                self._loop.call_soon_threadsafe(self.tail.publish, record)
+            else:
+                self.tail.publish(record)
 
     def on_results(self, batch: ResultBatch) -> None:
         """Window results of one batch, one `tail` record per window."""

@@ -401,16 +401,18 @@ class MqttUplink:
                     # Never treat a refused CONNACK as a connection.
                     raise ConnectionRefusedError(f"broker refused the connection: {reason}")
                 connected = True
-                await self._use_status_reservation()
-                self._set_connected(True)
-                if self.on_connected is not None:
-                    self.on_connected(conn)
+                # Birth first: the will registered with CONNECT must never be the only state
+                # a consumer sees for this connection.
                 conn.client.publish(
                     self.status_topic,
                     self._status_body("online", online_seq, online_id),
                     qos=1,
                     retain=True,
                 )
+                await self._use_status_reservation()
+                self._set_connected(True)
+                if self.on_connected is not None:
+                    self.on_connected(conn)
                 healthy_after = loop.time() + 10.0
                 await self._drain(conn, healthy_after)
             except asyncio.CancelledError:

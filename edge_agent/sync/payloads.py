@@ -63,7 +63,8 @@ class Envelope(_Part):
     seq: int = Field(
         ge=1,
         description="Per topic, +1 per message, starting at 1. Allocated in the SQLite "
-        "transaction that stores the message: never repeats, never skips across restarts.",
+        "transaction that stores the message: never repeats and never skips across "
+        "restarts, except for ranges announced as dropped by an `outbox.evicted` event.",
     )
     msg_id: str = Field(
         pattern=r"^[0-9a-f]{32}$",
@@ -313,7 +314,7 @@ KINDS = tuple(PAYLOADS)
 # -- decoding and validation --------------------------------------------------------------------
 
 
-def decode_payload(raw: bytes, content_encoding: str | None = None) -> Any:
+def decode_payload(raw: bytes, content_encoding: str | None = None, kind: str = "uplink") -> Any:
     """The JSON value of a payload as published, undoing optional zlib compression.
 
     Compressed payloads (`mqtt.compress_results`) carry the MQTT 5 user property
@@ -321,21 +322,26 @@ def decode_payload(raw: bytes, content_encoding: str | None = None) -> Any:
     it (JSON text never starts with that byte), so a consumer behind a bridge that drops user
     properties still reads it.
 
+    Args:
+        raw: The payload bytes as received.
+        content_encoding: The message's `content-encoding` user property, if any.
+        kind: The topic kind, for error messages.
+
     Raises:
         PayloadError: not zlib-inflatable when it says so, not UTF-8, or not JSON.
     """
     data = raw
     if content_encoding not in (None, "", "identity", "zlib"):
-        raise PayloadError("?", [f"unsupported content-encoding {content_encoding!r}"])
+        raise PayloadError(kind, [f"unsupported content-encoding {content_encoding!r}"])
     if content_encoding == "zlib" or raw[:1] == b"\x78":
         try:
             data = zlib.decompress(raw)
         except zlib.error as err:
-            raise PayloadError("?", [f"zlib payload does not inflate: {err}"]) from err
+            raise PayloadError(kind, [f"zlib payload does not inflate: {err}"]) from err
     try:
         return json.loads(data)
     except (UnicodeDecodeError, ValueError) as err:
-        raise PayloadError("?", [f"not UTF-8 JSON: {err}"]) from err
+        raise PayloadError(kind, [f"not UTF-8 JSON: {err}"]) from err
 
 
 def _problems(err: ValidationError) -> list[str]:

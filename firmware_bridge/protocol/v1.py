@@ -28,18 +28,29 @@ __all__ = [
     "ESC_END",
     "ESC_ESC",
     "HEADER_SIZE",
+    "MAX_CROP_BYTES",
+    "MAX_CROP_CHUNK",
     "MAX_FRAME",
     "MAX_PAYLOAD",
     "VERSION",
     "ChannelInfo",
+    "CropAssembler",
+    "CropChunk",
+    "CropStats",
     "Decoder",
     "DecoderStats",
+    "Embedding",
+    "EmbeddingType",
+    "FaceCrop",
     "Frame",
     "FrameType",
     "Hello",
+    "PixelFormat",
     "ProtocolError",
     "Status",
+    "embedding_payload",
     "encode_frame",
+    "face_crop_payloads",
     "hello_payload",
     "imu_payload",
     "iter_frames",
@@ -92,6 +103,17 @@ _HELLO_TAIL = struct.Struct("<fB")
 _BATTERY_UNKNOWN = 0xFFFF
 _TEMPERATURE_UNKNOWN = 0x7FFF
 
+# FACE_CROP: crop id, chunk index, chunk count, pixel format, flags, width, height, image bytes.
+_CROP_HEADER = struct.Struct("<HHHBBHHI")
+# EMBEDDING, after the model reference: element type, flags, dimension, int8 scale.
+_EMBEDDING_HEAD = struct.Struct("<BBHf")
+
+MAX_CROP_CHUNK = MAX_PAYLOAD - _CROP_HEADER.size
+"""Most image bytes one FACE_CROP frame carries."""
+
+MAX_CROP_BYTES = 1 << 20
+"""Largest image a gateway reassembles by default (1 MiB); bigger crops are counted, dropped."""
+
 
 class FrameType(enum.IntEnum):
     """Frame types of protocol v1; other values are reserved and skipped by receivers."""
@@ -102,9 +124,40 @@ class FrameType(enum.IntEnum):
     """A batch of int16 samples, sample-major."""
     STATUS = 3
     """Device health: uptime, battery, temperature, error flags, overflow counter."""
+    FACE_CROP = 4
+    """One chunk of a face image (GRAY8, RGB888 or JPEG) cut out by a camera module."""
+    EMBEDDING = 5
+    """A face embedding computed on the camera module, tagged with the model that made it."""
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+
+
+class PixelFormat(enum.IntEnum):
+    """How the image bytes of a FACE_CROP are encoded."""
+
+    GRAY8 = 1
+    """One byte per pixel, row-major, top row first."""
+    RGB888 = 2
+    """Three bytes per pixel in R, G, B order, row-major, top row first."""
+    JPEG = 3
+    """A baseline JPEG file; width and height repeat what its header says."""
+
+
+class EmbeddingType(enum.IntEnum):
+    """Element type of the values of an EMBEDDING frame."""
+
+    FLOAT32 = 1
+    FLOAT16 = 2
+    INT8 = 3
+    """Symmetric int8: value = q × scale."""
+
+
+_ELEMENT_DTYPES: dict[int, np.dtype[Any]] = {
+    EmbeddingType.FLOAT32: np.dtype("<f4"),
+    EmbeddingType.FLOAT16: np.dtype("<f2"),
+    EmbeddingType.INT8: np.dtype("i1"),
+}
 
 
 class ProtocolError(ValueError):
@@ -160,6 +213,72 @@ class Status:
     temperature_c: float | None
     error_flags: int
     dropped_samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class CropChunk:
+    """Payload of one FACE_CROP frame: a piece of one image.
+
+    Attributes:
+        crop_id: Per-stream image counter (u16, wraps); every chunk of one image shares it.
+        index: Position of this chunk, 0-based.
+        count: Chunks of the whole image.
+        pixel_format: A :class:`PixelFormat` value.
+        width: Image width in pixels.
+        height: Image height in pixels.
+        total_bytes: Size of the whole image's bytes, over all chunks.
+        data: This chunk's bytes.
+    """
+
+    crop_id: int
+    index: int
+    count: int
+    pixel_format: int
+    width: int
+    height: int
+    total_bytes: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FaceCrop:
+    """A whole face image, reassembled from its FACE_CROP chunks by :class:`CropAssembler`.
+
+    Attributes:
+        stream_id: Camera stream it came from.
+        crop_id: The device's image counter.
+        pixel_format: A :class:`PixelFormat` value.
+        width: Width in pixels.
+        height: Height in pixels.
+        data: The image bytes (raw pixels or a JPEG file).
+        timestamp_us: Device time of the capture (the first chunk's frame timestamp).
+        seq: Sequence number of the first chunk.
+    """
+
+    stream_id: int
+    crop_id: int
+    pixel_format: int
+    width: int
+    height: int
+    data: bytes
+    timestamp_us: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Embedding:
+    """Payload of an EMBEDDING frame.
+
+    Attributes:
+        model: ``name@version`` of the model that computed it; a gateway refuses to compare
+            it with templates of another model.
+        element_type: How the values travelled (an :class:`EmbeddingType` value).
+        values: The vector as float32 (int8 already multiplied by its scale).
+    """
+
+    model: str
+    element_type: int
+    values: npt.NDArray[np.float32]
 
 
 class Frame:
@@ -284,6 +403,74 @@ class Frame:
             dropped_samples=dropped,
         )
 
+    def crop_chunk(self) -> CropChunk:
+        """Parse a FACE_CROP payload.
+
+        Raises:
+            ProtocolError: The frame is not a FACE_CROP, its header is truncated or its
+                fields contradict each other (unknown pixel format, index past the count,
+                a raw image whose size is not width × height × bytes per pixel).
+        """
+        if self.frame_type != FrameType.FACE_CROP:
+            raise ProtocolError(f"frame type {self.frame_type} is not FACE_CROP")
+        payload = self.payload
+        if len(payload) < _CROP_HEADER.size:
+            raise ProtocolError(f"FACE_CROP payload of {len(payload)} bytes has no header")
+        crop_id, index, count, fmt, _flags, width, height, total = _CROP_HEADER.unpack_from(payload)
+        if fmt not in _PIXEL_BYTES:
+            raise ProtocolError(
+                f"FACE_CROP pixel format {fmt} is unknown (1 GRAY8, 2 RGB888, 3 JPEG)"
+            )
+        if count == 0 or index >= count:
+            raise ProtocolError(f"FACE_CROP chunk {index} of {count} is out of range")
+        if width == 0 or height == 0:
+            raise ProtocolError(f"FACE_CROP image of {width}×{height} pixels is empty")
+        per_pixel = _PIXEL_BYTES[fmt]
+        if per_pixel and total != width * height * per_pixel:
+            raise ProtocolError(
+                f"FACE_CROP {PixelFormat(fmt).name} {width}×{height} needs "
+                f"{width * height * per_pixel} bytes, header says {total}"
+            )
+        data = payload[_CROP_HEADER.size :]
+        if len(data) > total:
+            raise ProtocolError(f"FACE_CROP chunk of {len(data)} bytes exceeds the image ({total})")
+        return CropChunk(crop_id, index, count, fmt, width, height, total, data)
+
+    def embedding(self) -> Embedding:
+        """Parse an EMBEDDING payload.
+
+        Raises:
+            ProtocolError: The frame is not an EMBEDDING, or its payload is truncated, of an
+                unknown element type, of the wrong length or holds non-finite values.
+        """
+        if self.frame_type != FrameType.EMBEDDING:
+            raise ProtocolError(f"frame type {self.frame_type} is not EMBEDDING")
+        reader = _PayloadReader(self.payload, "EMBEDDING")
+        model = reader.text("model reference")
+        element_type, _flags, dim, scale = reader.unpack(_EMBEDDING_HEAD, "header")
+        dtype = _ELEMENT_DTYPES.get(element_type)
+        if dtype is None:
+            raise ProtocolError(
+                f"EMBEDDING element type {element_type} is unknown (1 float32, 2 float16, 3 int8)"
+            )
+        offset = reader.offset
+        expected = offset + dim * dtype.itemsize
+        if dim == 0 or len(self.payload) != expected:
+            raise ProtocolError(
+                f"EMBEDDING of {dim} {dtype.name} values needs {expected} bytes, "
+                f"the payload has {len(self.payload)}"
+            )
+        raw = np.frombuffer(self.payload, dtype=dtype, count=dim, offset=offset)
+        values = raw.astype(np.float32)
+        if element_type == EmbeddingType.INT8:
+            values *= np.float32(scale)
+        if not np.all(np.isfinite(values)):
+            raise ProtocolError("EMBEDDING holds values that are not finite numbers")
+        return Embedding(model, element_type, values)
+
+
+_PIXEL_BYTES: dict[int, int] = {PixelFormat.GRAY8: 1, PixelFormat.RGB888: 3, PixelFormat.JPEG: 0}
+
 
 class _PayloadReader:
     """Cursor over a payload that turns truncation into a :class:`ProtocolError`."""
@@ -294,6 +481,10 @@ class _PayloadReader:
         self._data = data
         self._kind = kind
         self._offset = 0
+
+    @property
+    def offset(self) -> int:
+        return self._offset
 
     def unpack(self, layout: struct.Struct, what: str) -> tuple[Any, ...]:
         if self._offset + layout.size > len(self._data):
@@ -420,6 +611,94 @@ def status_payload(status: Status) -> bytes:
         status.error_flags & _U32,
         status.dropped_samples & _U32,
     )
+
+
+def face_crop_payloads(
+    data: bytes,
+    pixel_format: int,
+    width: int,
+    height: int,
+    crop_id: int,
+    *,
+    chunk_size: int = MAX_CROP_CHUNK,
+) -> list[bytes]:
+    """Cut one image into FACE_CROP payloads, in the order they must be sent.
+
+    Args:
+        data: Raw pixels (GRAY8: width × height bytes; RGB888: × 3) or a JPEG file.
+        pixel_format: A :class:`PixelFormat` value.
+        width: Image width in pixels, 1..65535.
+        height: Image height in pixels, 1..65535.
+        crop_id: The device's image counter; masked to 16 bits.
+        chunk_size: Most image bytes per frame (smaller suits a slow BLE link).
+
+    Raises:
+        ValueError: The format is unknown, the size does not match the format, or the
+            image needs more than 65535 chunks.
+    """
+    if pixel_format not in _PIXEL_BYTES:
+        raise ValueError(f"unknown pixel format {pixel_format} (1 GRAY8, 2 RGB888, 3 JPEG)")
+    if not (1 <= width <= 0xFFFF and 1 <= height <= 0xFFFF):
+        raise ValueError(f"image of {width}×{height} pixels is out of range")
+    per_pixel = _PIXEL_BYTES[pixel_format]
+    if per_pixel and len(data) != width * height * per_pixel:
+        raise ValueError(
+            f"{PixelFormat(pixel_format).name} {width}×{height} needs "
+            f"{width * height * per_pixel} bytes, got {len(data)}"
+        )
+    if not data or len(data) > _U32:
+        raise ValueError(f"image of {len(data)} bytes cannot be sent")
+    if not 1 <= chunk_size <= MAX_CROP_CHUNK:
+        raise ValueError(f"chunk size must be 1..{MAX_CROP_CHUNK}, got {chunk_size}")
+    count = -(-len(data) // chunk_size)
+    if count > 0xFFFF:
+        raise ValueError(f"{len(data)} bytes need {count} chunks; at most 65535 fit")
+    return [
+        _CROP_HEADER.pack(crop_id & 0xFFFF, i, count, pixel_format, 0, width, height, len(data))
+        + data[i * chunk_size : (i + 1) * chunk_size]
+        for i in range(count)
+    ]
+
+
+def embedding_payload(
+    model: str,
+    values: npt.NDArray[np.floating],
+    element_type: int = EmbeddingType.FLOAT32,
+) -> bytes:
+    """Serialize an EMBEDDING payload.
+
+    Args:
+        model: ``name@version`` of the model that computed the vector.
+        values: The vector, any float dtype; converted to ``element_type``.
+        element_type: How to send the values; int8 uses one symmetric scale (max |v| / 127).
+
+    Raises:
+        ValueError: The vector is empty, not 1-D, not finite or too long for one frame.
+    """
+    vector = np.asarray(values, dtype=np.float32)
+    if vector.ndim != 1 or not 1 <= vector.size <= 0xFFFF:
+        raise ValueError(f"an embedding is a 1-D vector of 1..65535 values, got {vector.shape}")
+    if not np.all(np.isfinite(vector)):
+        raise ValueError("embedding values must be finite")
+    dtype = _ELEMENT_DTYPES.get(element_type)
+    if dtype is None:
+        raise ValueError(f"unknown element type {element_type} (1 float32, 2 float16, 3 int8)")
+    scale = 1.0
+    body: bytes
+    if element_type == EmbeddingType.INT8:
+        peak = float(np.abs(vector).max())
+        scale = peak / 127 if peak > 0 else 1.0
+        body = np.clip(np.rint(vector / scale), -127, 127).astype(dtype).tobytes()
+    else:
+        body = vector.astype(dtype).tobytes()
+    payload = (
+        _short_text(model, "model reference")
+        + _EMBEDDING_HEAD.pack(element_type, 0, vector.size, scale)
+        + body
+    )
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"embedding of {vector.size} values does not fit in one frame")
+    return payload
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,6 +895,132 @@ class Decoder:
         self._tail_size = 0
         # What follows up to the next END is the rest of the same run: skip it silently.
         self._presync = True
+
+
+@dataclass
+class CropStats:
+    """What a :class:`CropAssembler` has seen.
+
+    Attributes:
+        chunks: FACE_CROP frames fed.
+        crops: Images completed.
+        incomplete: Images abandoned because a chunk was lost, came out of order, another
+            image started first or the rest did not arrive in time.
+        oversize: Images larger than the assembler accepts.
+        malformed: Chunks whose payload is invalid (see :meth:`Frame.crop_chunk`).
+    """
+
+    chunks: int = 0
+    crops: int = 0
+    incomplete: int = 0
+    oversize: int = 0
+    malformed: int = 0
+
+
+@dataclass
+class _Partial:
+    first: CropChunk
+    parts: list[bytes]
+    size: int
+    timestamp_us: int
+    seq: int
+    started: float
+
+
+class CropAssembler:
+    """Joins FACE_CROP chunks into whole images, per stream; never raises on bad input.
+
+    Chunks of an image are sent back to back in index order, so an image is complete when
+    its last chunk arrives after all the others; a lost chunk (a seq gap on the stream), a
+    chunk out of order, a different image starting or a timeout abandons the image, counted
+    in ``stats.incomplete``. Memory is bounded by ``max_bytes`` per stream.
+
+    Args:
+        max_bytes: Largest image accepted.
+        timeout_s: An image whose chunks stop arriving for this long is abandoned.
+    """
+
+    def __init__(self, max_bytes: int = MAX_CROP_BYTES, timeout_s: float = 2.0) -> None:
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.stats = CropStats()
+        self._partial: dict[int, _Partial] = {}
+        self.last_error: str | None = None
+
+    def feed(self, frame: Frame, now: float) -> FaceCrop | None:
+        """Take one FACE_CROP frame (``now``: host monotonic seconds); returns a finished image."""
+        stats = self.stats
+        stats.chunks += 1
+        stream = frame.stream_id
+        partial = self._partial.get(stream)
+        if partial is not None and (frame.gap or now - partial.started > self.timeout_s):
+            self._abandon(stream, "a chunk was lost" if frame.gap else "chunks stopped arriving")
+            partial = None
+        try:
+            chunk = frame.crop_chunk()
+        except ProtocolError as err:
+            stats.malformed += 1
+            self.last_error = str(err)
+            if partial is not None:
+                self._abandon(stream, "a malformed chunk arrived")
+            return None
+        if chunk.total_bytes > self.max_bytes:
+            stats.oversize += 1
+            self.last_error = (
+                f"image of {chunk.total_bytes} bytes exceeds the {self.max_bytes}-byte limit"
+            )
+            if partial is not None:
+                self._abandon(stream, "an oversize image started")
+            return None
+        if partial is not None:
+            first = partial.first
+            same = (
+                chunk.crop_id == first.crop_id
+                and chunk.count == first.count
+                and chunk.index == len(partial.parts)
+                and (chunk.pixel_format, chunk.width, chunk.height, chunk.total_bytes)
+                == (first.pixel_format, first.width, first.height, first.total_bytes)
+            )
+            if not same:
+                self._abandon(stream, f"chunk {chunk.index} of image {chunk.crop_id} broke in")
+                partial = None
+        if partial is None:
+            if chunk.index != 0:
+                stats.incomplete += 1
+                self.last_error = f"image {chunk.crop_id} arrived without its first chunk"
+                return None
+            partial = _Partial(chunk, [], 0, frame.timestamp_us, frame.seq, now)
+            self._partial[stream] = partial
+        partial.parts.append(chunk.data)
+        partial.size += len(chunk.data)
+        if partial.size > chunk.total_bytes:
+            self._abandon(stream, f"image {chunk.crop_id} has more bytes than announced")
+            return None
+        if chunk.index + 1 < chunk.count:
+            return None
+        del self._partial[stream]
+        if partial.size != chunk.total_bytes:
+            stats.incomplete += 1
+            self.last_error = (
+                f"image {chunk.crop_id} ended at {partial.size} of {chunk.total_bytes} bytes"
+            )
+            return None
+        stats.crops += 1
+        return FaceCrop(
+            stream,
+            chunk.crop_id,
+            chunk.pixel_format,
+            chunk.width,
+            chunk.height,
+            b"".join(partial.parts),
+            partial.timestamp_us,
+            partial.seq,
+        )
+
+    def _abandon(self, stream: int, reason: str) -> None:
+        self._partial.pop(stream, None)
+        self.stats.incomplete += 1
+        self.last_error = reason
 
 
 def iter_frames(chunks: Iterable[bytes], decoder: Decoder | None = None) -> Iterator[Frame]:
