@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -43,6 +44,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from edge_agent.sync.bench import bench_uplink
 
 RATE_HZ = 100.0
 MODEL = "imu-activity"
@@ -696,6 +699,16 @@ def run_bench(
                     realtime.close(60)
             finally:
                 emulator.close()
+            if broker.startswith("mosquitto"):
+                say("uplink: outbox drain against bare paho QoS 1")
+                result.update(bench_uplink("127.0.0.1", port, n=2000 if quick else 10_000))
+                say("uplink bytes per sensor hour (default summary mode)")
+                result.update(measure_uplink_bytes(port, work, seconds=6.0 if quick else 15.0))
+    say("decoders of every device profile")
+    result.update(measure_profiles(0.6 if quick else 2.0))
+    say("start → READY, SIGTERM → exit")
+    result.update(measure_startup())
+    result.update(_optional_benches(quick, say))
     result["ingest_vs_raw_read"] = result["ingest_samples_per_s"] / result["raw_read_samples_per_s"]
     result["overhead_ratio"] = result["pipeline_us_per_window"] / result["model_only_us_per_window"]
     result["bench_seconds"] = time.monotonic() - began
@@ -715,6 +728,138 @@ def run_bench(
     return result
 
 
+def measure_profiles(seconds: float) -> dict[str, Any]:
+    """`decode_<protocol>_samples_per_s` of every device profile but v1 (measured above)."""
+    from firmware_bridge.profiles import bench_decoders
+
+    figures = bench_decoders(seconds)
+    return {
+        k: v
+        for k, v in figures.items()
+        if k.startswith("decode_") and k != "decode_v1_samples_per_s"
+    }
+
+
+def measure_startup() -> dict[str, Any]:
+    """Process start → READY=1 and SIGTERM → exit of `edge-agent run`, as systemd sees them."""
+    from edge_agent.service.startup import measure_lifecycle
+
+    with tempfile.TemporaryDirectory(prefix="edge-agent-start-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+        env |= {
+            "EDGE_AGENT_STORAGE__PATH": str(Path(tmp) / "start.db"),
+            "EDGE_AGENT_MQTT__PORT": str(_free_port()),
+            "EDGE_AGENT_LOGGING__SHOW_RESULTS": "false",
+        }
+        argv = [sys.executable, "-m", "edge_agent", "run"]
+        measure_lifecycle(argv, env)  # first start creates the database: not the steady case
+        runs = [measure_lifecycle(argv, env) for _ in range(3)]
+    ready = sorted(r.ready_s for r in runs)
+    return {
+        "startup_ready_s": round(ready[len(ready) // 2], 3),
+        "startup_ready_s_runs": [round(r, 3) for r in ready],
+        "stop_s": round(sorted(r.stop_s for r in runs)[1], 3),
+    }
+
+
+def measure_uplink_bytes(port: int, work: Path, seconds: float) -> dict[str, Any]:
+    """Bytes one sensor costs the uplink per hour with the default sync settings.
+
+    A daemon with two emulated sensors runs at real time with short intervals while a
+    subscriber counts what arrives per topic kind (payload, topic and MQTT fixed header);
+    the average message size of each kind is then scaled to the default cadence (a summary
+    per sensor and model every minute, a heartbeat every 30 s shared by the gateway's
+    sensors, no per-window results) and divided by the number of sensors.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge_agent.config import SyncConfig
+
+    sizes: dict[str, list[int]] = {}
+    lock = threading.Lock()
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        kind = msg.topic.rsplit("/", 1)[-1]
+        with lock:
+            # Fixed header (~2-4 bytes) + topic length field + topic + QoS 1 packet id.
+            sizes.setdefault(kind, []).append(len(msg.payload) + len(msg.topic) + 2 + 2 + 3)
+
+    sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench-bytes")
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", port)
+    sub.subscribe("edge/+/+/bench-bytes/#", qos=1)
+    sub.loop_start()
+    sensors = 2
+    emulator = _Proc("emulate", str(sensors))
+    try:
+        ttys = emulator.read()["ttys"]
+        worker = _Proc(
+            "uplink-bytes", json.dumps(ttys), str(seconds), str(port), str(work / "b.db")
+        )
+        try:
+            worker.read()
+        finally:
+            worker.close(60)
+    finally:
+        emulator.close()
+        sub.disconnect()
+        sub.loop_stop()
+    defaults = SyncConfig()
+    avg = {k: sum(v) / len(v) for k, v in sizes.items() if v}
+    per_hour = avg.get("summary", 0.0) * 3600 / defaults.summary_interval_s  # per sensor+model
+    per_hour += avg.get("heartbeat", 0.0) * 3600 / defaults.heartbeat_interval_s / sensors
+    return {
+        "uplink_bytes_per_sensor_hour": round(per_hour),
+        "uplink_message_bytes_avg": {k: round(v) for k, v in sorted(avg.items())},
+    }
+
+
+def uplink_bytes_worker_main(ttys: list[str], seconds: float, port: int, db: Path) -> None:
+    """The daemon at real time with short sync intervals, for `measure_uplink_bytes`."""
+    from edge_agent.config import parse_config
+
+    config = parse_config(
+        {
+            "device": {"id": "bench-bytes"},
+            "mqtt": {"port": port},
+            "sync": {"heartbeat_interval_s": 1.0, "summary_interval_s": 2.0},
+            "storage": {"path": str(db)},
+            "logging": {"level": "WARNING", "show_results": False},
+            "sensors": [
+                {"name": f"imu-{i}", "link": "serial", "port": t, "models": [MODEL]}
+                for i, t in enumerate(ttys)
+            ],
+        },
+        source="bench",
+        environ={},
+    )
+    with _running_daemon(config):
+        time.sleep(seconds)
+    _emit({"done": True})
+
+
+def _optional_benches(quick: bool, say: Any) -> dict[str, Any]:
+    """Figures of subsystems that ship their own measurement (hot swap, face identification)."""
+    out: dict[str, Any] = {}
+    for module_name, function, label, kwargs in (
+        ("edge_agent.ota.bench", "bench_hot_swap", "model hot swap", {}),
+        (
+            "edge_agent.faces.bench",
+            "bench_identify",
+            "1:N face identification",
+            {"n": 20_000 if quick else 100_000},
+        ),
+    ):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        say(label)
+        out.update(getattr(module, function)(**kwargs))
+    return out
+
+
 # The brief's targets for a 2-core x86 machine: (figure, comparison, bound).
 TARGETS: list[tuple[str, str, float]] = [
     ("ingest_samples_per_s", ">=", 1_000_000),
@@ -722,6 +867,12 @@ TARGETS: list[tuple[str, str, float]] = [
     ("window_latency_ms_p99", "<=", 2.0),
     ("cpu_percent_10x100hz", "<=", 2.0),
     ("rss_mb", "<=", 80.0),
+    ("startup_ready_s", "<=", 1.0),
+    ("outbox_drain_ratio", ">=", 0.7),
+    ("hot_swap_pause_ms", "<=", 1.0),
+    ("windows_dropped_during_swap", "<=", 0),
+    ("identify_p99_ms", "<=", 5.0),
+    ("identify_overhead_ratio", "<=", 1.5),
 ]
 
 
@@ -756,7 +907,9 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the bench's helper processes (`python -m edge_agent.bench MODE ...`)."""
     parser = argparse.ArgumentParser(prog="python -m edge_agent.bench")
-    parser.add_argument("mode", choices=["feed", "emulate", "raw-read", "ingest", "realtime"])
+    parser.add_argument(
+        "mode", choices=["feed", "emulate", "raw-read", "ingest", "realtime", "uplink-bytes"]
+    )
     parser.add_argument("args", nargs="*")
     ns = parser.parse_args(argv)
     a = ns.args
@@ -769,6 +922,8 @@ def main(argv: list[str] | None = None) -> None:
         raw_read_worker_main(json.loads(a[0]), int(a[1]))
     elif ns.mode == "ingest":
         ingest_worker_main(json.loads(a[0]), int(a[1]), int(a[2]), Path(a[3]))
+    elif ns.mode == "uplink-bytes":
+        uplink_bytes_worker_main(json.loads(a[0]), float(a[1]), int(a[2]), Path(a[3]))
     else:
         realtime_worker_main(json.loads(a[0]), float(a[1]), float(a[2]), int(a[3]), Path(a[4]))
 
