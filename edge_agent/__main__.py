@@ -1,5 +1,5 @@
 """`python -m edge_agent` is the `edge-agent` command."""
 
-from edge_agent.cli import main
+from edge_agent.entry import main
 
 main()

@@ -57,21 +57,9 @@ def _setup_logging(level: str) -> None:
 @app.command()
 def run(config: ConfigOption = None) -> None:
     """Run the daemon in the foreground until Ctrl-C or SIGTERM."""
-    from edge_agent.daemon import run_daemon
+    from edge_agent.runner import run_with_config
 
-    cfg = _load(config)
-    _setup_logging(cfg.logging.level)
-    source = str(config) if config else "embedded default"
-    logging.getLogger("edge_agent").info(
-        "edge-agent %s starting (config: %s, database: %s, broker: %s:%d, topics: %s/...)",
-        __version__,
-        source,
-        cfg.storage.path,
-        cfg.mqtt.host,
-        cfg.mqtt.port,
-        cfg.topic_root,
-    )
-    raise typer.Exit(run_daemon(cfg, config_path=config))
+    raise typer.Exit(run_with_config(config))
 
 
 @config_app.command("validate")
@@ -130,9 +118,9 @@ def version() -> None:
 
 def _register_commands() -> None:
     # Each area's commands live in edge_agent/commands/<area>.py and import what they use lazily.
-    from edge_agent.commands import bench, control, doctor, models, sensors, service
+    from edge_agent.commands import bench, control, doctor, faces, models, sensors, service
 
-    for module in (bench, control, doctor, models, sensors, service):
+    for module in (bench, control, doctor, faces, models, sensors, service):
         module.register(app)
 
 

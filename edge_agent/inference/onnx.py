@@ -24,6 +24,9 @@ class OnnxRuntimeBackend(Runtime):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Windows are tiny: the arena and memory patterns only keep megabytes resident.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
         # Spinning burns a core waiting for work that arrives every few ms on a gateway.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
