@@ -186,13 +186,21 @@ def emulator_main(devices: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _config(ttys: list[str], db: Path, broker_port: int) -> Any:
+def _config(
+    ttys: list[str],
+    db: Path,
+    broker_port: int,
+    *,
+    device: str = "bench",
+    sync: dict[str, Any] | None = None,
+) -> Any:
     from edge_agent.config import parse_config
 
     return parse_config(
         {
-            "device": {"id": "bench"},
+            "device": {"id": device},
             "mqtt": {"port": broker_port, "reconnect_min_s": 0.2, "reconnect_max_s": 2.0},
+            "sync": sync or {},
             "storage": {"path": str(db)},
             "logging": {"level": "WARNING", "show_results": False},
             "sensors": [
@@ -817,22 +825,12 @@ def measure_uplink_bytes(port: int, work: Path, seconds: float) -> dict[str, Any
 
 def uplink_bytes_worker_main(ttys: list[str], seconds: float, port: int, db: Path) -> None:
     """The daemon at real time with short sync intervals, for `measure_uplink_bytes`."""
-    from edge_agent.config import parse_config
-
-    config = parse_config(
-        {
-            "device": {"id": "bench-bytes"},
-            "mqtt": {"port": port},
-            "sync": {"heartbeat_interval_s": 1.0, "summary_interval_s": 2.0},
-            "storage": {"path": str(db)},
-            "logging": {"level": "WARNING", "show_results": False},
-            "sensors": [
-                {"name": f"imu-{i}", "link": "serial", "port": t, "models": [MODEL]}
-                for i, t in enumerate(ttys)
-            ],
-        },
-        source="bench",
-        environ={},
+    config = _config(
+        ttys,
+        db,
+        port,
+        device="bench-bytes",
+        sync={"heartbeat_interval_s": 1.0, "summary_interval_s": 2.0},
     )
     with _running_daemon(config):
         time.sleep(seconds)
