@@ -452,7 +452,11 @@ class Ledger:
         return out
 
     def report(
-        self, *, expect_from_first: bool = False, inflight_window: int | None = None
+        self,
+        *,
+        expect_from_first: bool = False,
+        inflight_window: int | None = None,
+        check_order: bool = False,
     ) -> dict[str, Any]:
         """The contract report over everything stored.
 
@@ -462,6 +466,10 @@ class Ledger:
             inflight_window: When given, a duplicate `inflight_window` or more messages
                 behind the newest seq already stored is a violation (re-sends after a
                 crash come only from the messages that were in flight).
+            check_order: A new message arriving after a higher seq of its topic is a
+                violation (one consumer of a gateway's topics sees them in creation
+                order; members of a shared subscription store in their own order, so
+                leave it off there).
 
         Returns:
             A JSON-ready dict: `ok`, `totals`, `gateways` (per gateway and topic kind:
@@ -556,6 +564,8 @@ class Ledger:
                 violations.append(f"{where}: seq reused with a new msg_id ({conflicts} messages)")
             if kind == "status" and late:
                 violations.append(f"{where}: status seq went back ({late} messages)")
+            elif check_order and late:
+                violations.append(f"{where}: arrived after a higher seq ({late} messages)")
             if inflight_window is not None and dup[1] >= inflight_window:
                 violations.append(
                     f"{where}: a duplicate reached {dup[1]} messages back, beyond the "

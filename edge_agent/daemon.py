@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -269,24 +270,33 @@ class Daemon:
         self._uplink_task: asyncio.Task[None] | None = None
         self._ticker_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        self._loop_thread: int | None = None
 
     # -- thread → loop bridge (called on link threads) -------------------------------------------
 
     def on_frames(
         self, sensor: str, frames: list[Frame], recv_mono: float, recv_wall: float
     ) -> None:
-        """LinkSink: hand a read's frames to the loop."""
+        """LinkSink: hand a read's frames to the pipeline (from the loop or a link thread)."""
         loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(
-                self._inbox.put_nowait, ("frames", sensor, frames, recv_mono, recv_wall)
-            )
+        if loop is None:
+            return
+        item = ("frames", sensor, frames, recv_mono, recv_wall)
+        if threading.get_ident() == self._loop_thread:
+            self._inbox.put_nowait(item)
+        else:
+            loop.call_soon_threadsafe(self._inbox.put_nowait, item)
 
     def on_link_state(self, sensor: str, state: str, detail: str) -> None:
         """LinkSink: a sensor connected or was lost."""
         loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self._inbox.put_nowait, ("state", sensor, state, detail))
+        if loop is None:
+            return
+        item = ("state", sensor, state, detail)
+        if threading.get_ident() == self._loop_thread:
+            self._inbox.put_nowait(item)
+        else:
+            loop.call_soon_threadsafe(self._inbox.put_nowait, item)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -406,6 +416,8 @@ class Daemon:
             return
         try:
             link = open_link(sensor.link, sensor, self)
+            if self._loop is not None:
+                link.bind_loop(self._loop)  # serial ports are read on the loop: no thread hop
             link.start()
         except (EdgeAgentError, OSError, ValueError) as err:
             self._event("sensor.failed", "error", sensor=sensor.name, reason=str(err))
@@ -514,6 +526,7 @@ class Daemon:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         limit_malloc_arenas()
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         loop = self._loop
         if self.handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -137,6 +137,8 @@ class Consumer:
                     received=received,
                     content_encoding=content_encoding(message),
                 )
+                if self.ledger.pending >= 1000:  # bound a transaction under a burst
+                    self.ledger.commit()
         except Exception as err:
             # The ledger cannot store (disk, database locked too long): a report from here
             # on would be wrong, so stop and say so rather than drop messages silently.
@@ -201,6 +203,7 @@ class Consumer:
             return self.ledger.report(
                 expect_from_first=self.args.expect_from_first,
                 inflight_window=self.args.inflight_window,
+                check_order=self.args.check_order,
             )
 
 
@@ -241,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="flag duplicates that reach more than N messages back",
     )
+    p.add_argument(
+        "--check-order",
+        action="store_true",
+        help="flag messages that arrive after a higher seq of their topic (not with --share)",
+    )
     p.add_argument("--report-only", action="store_true", help="print the report of --db; no MQTT")
     p.add_argument("--report", type=Path, help="also write the JSON report to this file")
     p.add_argument("-v", "--verbose", action="store_true", help="log connection events")
@@ -262,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         with Ledger(args.db, prefix=args.prefix) as ledger:
             report = ledger.report(
-                expect_from_first=args.expect_from_first, inflight_window=args.inflight_window
+                expect_from_first=args.expect_from_first,
+                inflight_window=args.inflight_window,
+                check_order=args.check_order,
             )
     else:
         consumer = Consumer(args)

@@ -123,6 +123,7 @@ class Arrival:
     ts: float
     size: int
     state: str | None
+    retained: bool
 
 
 class Probe:
@@ -162,6 +163,7 @@ class Probe:
                     float(body["ts"]),
                     len(msg.payload),
                     body.get("state"),
+                    bool(msg.retain),
                 )
             )
         except (ValueError, KeyError, TypeError):
@@ -261,7 +263,7 @@ def latency(arrivals: list[Arrival]) -> dict[str, float | None]:
 
 
 def window(arrivals: list[Arrival], t0: float, t1: float, seconds: float) -> dict[str, Any]:
-    inside = [a for a in arrivals if t0 <= a.at < t1]
+    inside = [a for a in arrivals if t0 <= a.at < t1 and not a.retained]
     kinds: dict[str, int] = {}
     for a in inside:
         kinds[a.kind] = kinds.get(a.kind, 0) + 1
@@ -282,7 +284,7 @@ def integrity(arrivals: list[Arrival]) -> dict[str, int]:
     seen: dict[tuple[str, str], set[int]] = {}
     duplicates = 0
     for a in arrivals:
-        if a.kind == "status":
+        if a.kind == "status" or a.retained:
             continue
         seqs = seen.setdefault((a.device, a.kind), set())
         if a.seq in seqs:
@@ -429,7 +431,8 @@ def outage(
     bins: dict[int, int] = {}
     for a in after:
         bins[int(a.at - up_at)] = bins.get(int(a.at - up_at), 0) + 1
-    backlog = [a for a in after if a.ts < up_at]
+    # Retained statuses re-sent on the probe's re-subscribe are not part of the backlog.
+    backlog = [a for a in after if a.ts < up_at and not a.retained and a.kind != "status"]
     reconnects = sorted(a.at - up_at for a in after if a.kind == "status" and a.state == "online")
     return {
         "down_s": round(up_at - down_at, 1),
@@ -437,6 +440,7 @@ def outage(
         "recovery_s": round(done_at - up_at, 1),
         "peak_msgs_per_s_1s_bins": max(bins.values(), default=0),
         "mean_msgs_per_s_during_recovery": round(len(after) / max(done_at - up_at, 1e-6), 1),
+        "backlog_note": "messages created before the broker came back (status excluded)",
         "reconnect_after_broker_up_s": {
             "first": round(reconnects[0], 2) if reconnects else None,
             "median": round(statistics.median(reconnects), 2) if reconnects else None,

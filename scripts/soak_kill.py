@@ -14,11 +14,15 @@ After the last cycle one clean run drains the outbox and stops with SIGTERM; the
   went back;
 - duplicates come only from the in-flight window: no re-send reaches further back than
   `mqtt.max_inflight` messages;
+- order is kept per topic: no new message arrives after a higher seq of its topic;
 - the outbox is empty and nothing was dropped by the disk policy.
 
-It prints a JSON summary and exits 0 when every check holds, 1 otherwise.
+It prints a JSON summary and exits 0 when every check holds, 1 otherwise. With `--record
+FILE` it also writes a short Markdown account of the run into FILE, between the markers
+`<!-- soak:start -->` and `<!-- soak:end -->` (appended when missing), and nowhere else.
 
     python scripts/soak_kill.py --cycles 200 --max-seconds 600
+    python scripts/soak_kill.py --cycles 400 --max-seconds 600 --record docs/reliability.md
 """
 
 from __future__ import annotations
@@ -155,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--record", type=Path, help="write the result into this Markdown file's soak section"
+    )
     args = parser.parse_args(argv)
     if args.cycles < 1 or not 0 <= args.min_delay <= args.max_delay:
         parser.error("need --cycles >= 1 and 0 <= --min-delay <= --max-delay")
@@ -198,6 +205,7 @@ def run(args: argparse.Namespace, rng: random.Random, seed: int, work: Path) -> 
                         "--expect-from-first",
                         "--inflight-window",
                         str(args.inflight),
+                        "--check-order",
                     ],
                     stdout=out,
                     stderr=err,
@@ -278,7 +286,55 @@ def run(args: argparse.Namespace, rng: random.Random, seed: int, work: Path) -> 
     summary["dup_per_restart_max"] = max_duplicates_per_restart(cdb, spawn_times)
     summary["workdir"] = str(work) if args.workdir else None
     print(json.dumps(summary, indent=2))
+    if args.record:
+        record(args.record, summary)
     return 0 if summary["ok"] else 1
+
+
+START, END = "<!-- soak:start -->", "<!-- soak:end -->"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """A short account of one soak run, for docs/reliability.md."""
+    c, d = summary["consumer"], summary["daemon"]
+    lines = [
+        f"`scripts/soak_kill.py`, {time.strftime('%Y-%m-%d', time.gmtime())}: "
+        f"**{summary['cycles']} SIGKILL cycles** in {summary['wall_s']:.0f} s "
+        f"(seed {summary['seed']}), {summary['kills_after_mqtt_connect']} of them after the "
+        f"daemon had connected to the broker; kill delays {summary['kill_delay_s']['min']}-"
+        f"{summary['kill_delay_s']['max']} s (median {summary['kill_delay_s']['median']}).",
+        "",
+        "| Check | Result |",
+        "|---|---|",
+    ]
+    for check, passed in summary["checks"].items():
+        lines.append(f"| {check.replace('_', ' ')} | {'pass' if passed else '**FAIL**'} |")
+    lines += [
+        "",
+        f"Results committed on the gateway: {d['results_rows']}; windows received by the "
+        f"consumer in unique `results` messages: {c['results_windows']}. Last seq per topic: "
+        + ", ".join(f"`{k}` {v}" for k, v in c["last_seq"].items())
+        + ". Duplicates per topic: "
+        + ", ".join(f"`{k}` {v}" for k, v in c["duplicates"].items())
+        + f"; the furthest a re-send reached back: {max(c['max_duplicate_lag'].values())} "
+        f"messages; most re-sends after one restart: {summary['dup_per_restart_max']}. "
+        "Messages that arrived after a higher seq: "
+        + ", ".join(f"`{k}` {v}" for k, v in c["out_of_order"].items())
+        + ".",
+    ]
+    return "\n".join(lines)
+
+
+def record(path: Path, summary: dict[str, Any]) -> None:
+    """Replace the soak section of a Markdown file (markers appended when missing)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    section = f"{START}\n{markdown(summary)}\n{END}"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text, encoding="utf-8")
 
 
 def max_duplicates_per_restart(cdb: Path, spawn_times: list[float]) -> int:
@@ -315,6 +371,7 @@ def summarise(
         "no_seq_gap": not gaps
         and all(last.get(k, 0) == v for k, v in state["topic_seq"].items() if k != "status"),
         "status_never_went_back": topics.get("status", {}).get("out_of_order", 1) == 0,
+        "order_kept_per_topic": all(t["out_of_order"] == 0 for t in topics.values()),
         "duplicates_within_inflight_window": all(lag < args.inflight for lag in lags.values()),
         "no_conflict_or_rejected": report["totals"]["conflicts"] == 0
         and report["totals"]["rejected"] == 0,

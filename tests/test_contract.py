@@ -148,11 +148,11 @@ def test_ledger_report_from_a_real_sqlite_file(tmp_path: Path) -> None:
     assert report["gateways"]["t/s/gw"]["state"] == "online"
     assert report["totals"]["rejected"] == 1
     assert not report["ok"]
-    assert sorted(report["violations"])[:3] == [
+    assert set(report["violations"]) == {
         "edge/t/s/other/heartbeat: rejected: heartbeat payload: device: 'gw' does not match "
         "the topic's 'other'",
         "t/s/gw heartbeat: seq reused with a new msg_id (1 messages)",
         "t/s/gw heartbeat: a duplicate reached 2 messages back, beyond the in-flight window of 2",
-    ]
-    assert "t/s/gw heartbeat: seq gap 1..1" in report["violations"]
+        "t/s/gw heartbeat: seq gap 1..1",
+    }
     assert "t/s/gw status: status seq went back (1 messages)" in went_back["violations"]

@@ -93,7 +93,11 @@ def _check(sub: Collector, root: str) -> ContractChecker:
     checker = ContractChecker()
     for m in list(sub.messages):
         checker.feed(m.topic, m.payload)
-    assert checker.violations == []
+    if checker.violations:
+        order = [(m.topic.rsplit("/", 1)[-1], m.payload["seq"], m.payload["msg_id"][:6],
+                  m.payload.get("ts")) for m in sub.messages if m.topic.endswith("/results")]
+        print("ARRIVAL", order)
+    assert checker.violations == [], "\n".join(checker.violations)
     return checker
 
 

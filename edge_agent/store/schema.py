@@ -70,8 +70,46 @@ def _v2(db: sqlite_utils.Database) -> None:
     db.table("dropped").create({"class": str, "count": int}, pk="class")
 
 
+def _rebuild_autoincrement(db: sqlite_utils.Database, table: str, floor: int) -> None:
+    """Recreate `table` with AUTOINCREMENT ids, keeping its rows and indexes."""
+    conn = db.conn
+    sql = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()[0]
+    indexes = [
+        row[0]
+        for row in conn.execute(
+            "SELECT sql FROM sqlite_master "
+            "WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+            (table,),
+        )
+    ]
+    new_sql = sql.replace('"id" INTEGER PRIMARY KEY', '"id" INTEGER PRIMARY KEY AUTOINCREMENT', 1)
+    new_sql = new_sql.replace(f'"{table}"', f'"{table}_v3"', 1)
+    conn.execute(new_sql)
+    conn.execute(f'INSERT INTO "{table}_v3" SELECT * FROM "{table}"')
+    conn.execute(f'DROP TABLE "{table}"')
+    conn.execute(f'ALTER TABLE "{table}_v3" RENAME TO "{table}"')
+    for index in indexes:
+        conn.execute(index)
+    top = conn.execute(f'SELECT COALESCE(MAX(id), 0) FROM "{table}"').fetchone()[0]
+    conn.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
+    conn.execute(
+        "INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)", (table, max(int(top), floor))
+    )
+
+
+def _v3(db: sqlite_utils.Database) -> None:
+    # Ids of the outbox and of results must never be reused: the uplink tells rows in
+    # flight and rows being deleted apart by id, and the results upload cursor is an id.
+    # A plain INTEGER PRIMARY KEY reuses ids once the newest rows are deleted.
+    cursor = db.conn.execute("SELECT value FROM meta WHERE key = 'results_cursor'").fetchone()
+    _rebuild_autoincrement(db, "results", int(cursor[0]) if cursor else 0)
+    _rebuild_autoincrement(db, "outbox", 0)
+
+
 # Index i holds the migration from user_version i to i + 1. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -6,6 +6,7 @@ profile produces protocol-v1 frames, so the sink sees one kind of frame whatever
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import warnings
@@ -60,6 +61,15 @@ class Link(ABC):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Offer the owner's event loop; a link that can read on it then needs no thread.
+
+        The sink is then called on the loop's thread. Links that cannot (or tools without a
+        loop) keep their reader thread.
+        """
+        self.loop = loop
 
     def start(self) -> None:
         """Start the reader thread."""

@@ -8,7 +8,10 @@ comes back, the next retry opens it and the link reports ``connected``. No resta
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import os
 from typing import Any, ClassVar
 
 import serial
@@ -27,6 +30,7 @@ class SerialLink(Link):
     def __init__(self, config: Any, sink: LinkSink) -> None:
         super().__init__(config, sink)
         self._port: serial.Serial | None = None
+        self._task: concurrent.futures.Future[None] | None = None
 
     @property
     def port_path(self) -> str:
@@ -90,6 +94,95 @@ class SerialLink(Link):
                 return
             if data:
                 self._deliver(data)
+
+    # -- on the owner's event loop: the port's fd is watched with add_reader, no thread ----
+
+    def start(self) -> None:
+        """Start reading: on the bound event loop when there is one, else on a thread."""
+        if self.loop is None:
+            super().start()
+            return
+        if self._task is not None:
+            return
+        self._task = asyncio.run_coroutine_threadsafe(self._supervise(), self.loop)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop reading and release the port; safe to call twice, from any thread."""
+        if self.loop is None or self._task is None:
+            super().close(timeout)
+            return
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        task = self._task
+        try:
+            on_loop = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            task.cancel()
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(task.cancel)
+            with contextlib.suppress(concurrent.futures.CancelledError, TimeoutError, Exception):
+                task.result(timeout)
+        self._release()
+
+    async def _supervise(self) -> None:
+        """Open, read until the device goes, reopen: the loop-mode twin of `_run`."""
+        loop = asyncio.get_running_loop()
+        retry = float(getattr(self.config, "reopen_interval_s", 0.5))
+        reported = False
+        while not self._stop.is_set():
+            try:
+                port = await asyncio.to_thread(self._open)
+            except (serial.SerialException, OSError, ValueError) as err:
+                detail = f"cannot open {self.port_path}: {err}"
+                if not reported and not self.connected:
+                    self.stats.last_error = detail
+                    self.sink.on_link_state(self.name, "lost", detail)
+                reported = True
+                self._set_state(False, detail)
+                await asyncio.sleep(retry)
+                continue
+            reported = True
+            self._port = port
+            self._set_state(True, f"opened {self.port_path} at {self.baudrate} Bd")
+            try:
+                reason = await self._read_on_loop(loop, port)
+            finally:
+                with contextlib.suppress(Exception):
+                    port.close()
+                self._port = None
+            if not self._stop.is_set():
+                self._set_state(False, f"{self.port_path} lost: {reason}")
+
+    async def _read_on_loop(self, loop: asyncio.AbstractEventLoop, port: serial.Serial) -> str:
+        """Deliver what the port's fd has whenever it is readable; returns why it stopped."""
+        fd = port.fileno()
+        os.set_blocking(fd, False)
+        gone: asyncio.Future[str] = loop.create_future()
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # EIO: the adapter (or the pty) went away
+                if not gone.done():
+                    gone.set_result(str(err))
+                return
+            if not data:
+                if not gone.done():
+                    gone.set_result("device closed")
+                return
+            self._deliver(data)
+
+        loop.add_reader(fd, readable)
+        try:
+            return await gone
+        finally:
+            loop.remove_reader(fd)
 
     def _interrupt(self) -> None:
         port = self._port
