@@ -252,8 +252,7 @@ class OtaConfig(Section):
     probation_windows: int = Field(
         default=100,
         ge=0,
-        description="Windows a new version must process before it is confirmed (0: no "
-        "minimum).",
+        description="Windows a new version must process before it is confirmed (0: no minimum).",
     )
     probation_s: float = Field(
         default=60.0,
@@ -496,6 +495,75 @@ class ServiceConfig(Section):
     )
 
 
+class FacesConfig(Section):
+    """Face identification against the encrypted gallery (docs/faces.md)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Embed and identify face crops and embeddings that sensors send "
+        "(protocol v1 FACE_CROP / EMBEDDING frames); off: such frames are ignored.",
+    )
+    model: str = Field(
+        default="face-embed-demo",
+        description="Embedding bundle, 'name' or 'name@version', found like sensor models. The "
+        "shipped face-embed-demo is for tests and demos only, never for real decisions.",
+    )
+    threshold: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description="Cosine similarity a match needs; calibrate it for this deployment with "
+        "`edge-agent faces calibrate` (default: the value the model bundle suggests).",
+    )
+    top_k: int = Field(
+        default=1,
+        ge=1,
+        le=20,
+        description="Candidates computed per decision; more than 1 adds the runners-up (ids and "
+        "scores, never embeddings) to `face.match` / `face.unknown` events.",
+    )
+    gallery_path: Path | None = Field(
+        default=None,
+        description="Encrypted gallery database (default: beside storage.path, "
+        "`<storage.path without suffix>.faces.db`).",
+    )
+    key_file: Path | None = Field(
+        default=None,
+        description="File (mode 0600) holding the gallery's AES-256 key; unset: the systemd "
+        "credential named by `key_credential`. Make one with `edge-agent faces keygen PATH`.",
+    )
+    key_credential: str = Field(
+        default="face-gallery-key",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Name of the systemd credential ($CREDENTIALS_DIRECTORY/<name>) holding the "
+        "key when key_file is unset (LoadCredentialEncrypted= in the unit).",
+    )
+    gallery_dtype: Literal["float32", "float16", "int8"] = Field(
+        default="float32",
+        description="How the in-memory gallery matrix is held: float32 exact; float16 half the "
+        "memory, slower; int8 a quarter of the memory and fastest on large galleries "
+        "(cosine error about 0.005).",
+    )
+    store_images: bool = Field(
+        default=False,
+        description="Keep enrolment images (encrypted) in the gallery. Off by default: only "
+        "embeddings are kept, and crops from cameras are never stored.",
+    )
+    max_crop_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        le=16 << 20,
+        description="Largest face crop reassembled from FACE_CROP frames; larger ones are dropped.",
+    )
+
+    def resolved_gallery_path(self, storage_path: Path) -> Path:
+        """`gallery_path`, or its default beside the main database."""
+        if self.gallery_path is not None:
+            return self.gallery_path
+        return storage_path.with_name(storage_path.stem + ".faces.db")
+
+
 class AgentConfig(Section):
     """The whole configuration of one gateway."""
 
@@ -513,6 +581,9 @@ class AgentConfig(Section):
     )
     service: ServiceConfig = Field(
         default_factory=ServiceConfig, description="systemd watchdog and the control socket."
+    )
+    faces: FacesConfig = Field(
+        default_factory=FacesConfig, description="Face identification (off by default)."
     )
     sensors: list[SensorConfig] = Field(
         default_factory=_default_sensors,

@@ -59,7 +59,9 @@ def _save(nodes: list[Any], inits: list[Any], path: Path, channels: int = CHANNE
     return path
 
 
-def _linear(channels: int = CHANNELS, bias: list[float] | None = None) -> tuple[list[Any], list[Any]]:
+def _linear(
+    channels: int = CHANNELS, bias: list[float] | None = None
+) -> tuple[list[Any], list[Any]]:
     """windows -> flatten -> linear -> logits (fixed weights)."""
     rng = np.random.default_rng(7)
     w = (rng.standard_normal((WINDOW * channels, LABELS)) * 0.05).astype(np.float32)
@@ -110,6 +112,13 @@ def constant_model(path: Path, label: int = 2) -> Path:
     bias = [0.0] * LABELS
     bias[label] = 50.0
     nodes, inits = _linear(bias=bias)
+    nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
+    return _save(nodes, inits, path)
+
+
+def untrained_model(path: Path) -> Path:
+    """A linear layer with random weights: finite, varied, and wrong (a drifted model)."""
+    nodes, inits = _linear()
     nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
     return _save(nodes, inits, path)
 
@@ -210,15 +219,10 @@ def write_members(out: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Pa
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for info, data in members:
-            info = tarfile.TarInfo(info.name) if isinstance(info, str) else info
             info.size = len(data) if info.isreg() else 0
             tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
     out.write_bytes(gzip.compress(buf.getvalue(), mtime=0))
     return out
-
-
-def file_info(name: str) -> tarfile.TarInfo:
-    return tarfile.TarInfo(name)
 
 
 # -- https server ------------------------------------------------------------------------------
@@ -228,9 +232,7 @@ def _key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _cert(
-    subject: str, key: Any, issuer_key: Any, issuer: str, *, ca: bool
-) -> x509.Certificate:
+def _cert(subject: str, key: Any, issuer_key: Any, issuer: str, *, ca: bool) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -330,7 +332,9 @@ class FileServer:
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
             self.scheme = "https"
         self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="ota-files")
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="ota-files"
+        )
 
     def url(self, name: str, mode: str = "f") -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}/{mode}/{name}"

@@ -137,19 +137,21 @@ def test_duplicate_and_unlisted_entries_are_rejected(
     tmp_path: Path, packed: Path, publisher: Publisher
 ) -> None:
     members = read_members(packed)
-    dup = _rejected(write_members(tmp_path / "d.tar.gz", [*members, members[-1]]), [publisher.public])
+    dup = _rejected(
+        write_members(tmp_path / "d.tar.gz", [*members, members[-1]]), [publisher.public]
+    )
     assert dup.check == "unsafe_entry"
     extra = (tarfile.TarInfo("extra.bin"), b"x")
-    unlisted = _rejected(write_members(tmp_path / "u.tar.gz", [*members, extra]), [publisher.public])
+    unlisted = _rejected(
+        write_members(tmp_path / "u.tar.gz", [*members, extra]), [publisher.public]
+    )
     assert unlisted.check == "unlisted_file"
 
 
 def test_oversized_archive_and_unpacked_size_are_rejected(
     tmp_path: Path, publisher: Publisher
 ) -> None:
-    big = make_bundle(
-        tmp_path / "src", "1.2.0", extra_files={"padding.bin": bytes(2_000_000)}
-    )
+    big = make_bundle(tmp_path / "src", "1.2.0", extra_files={"padding.bin": bytes(2_000_000)})
     packed = publisher.pack(big)
     assert packed.size < 1_000_000  # zeros compress: the archive itself is small...
     err = _rejected(packed.path, [publisher.public], max_bytes=1_000_000)

@@ -47,7 +47,8 @@ def pooled_features(images: npt.NDArray[np.uint8]) -> F32:
     flat = pooled.transpose(0, 3, 1, 2).reshape(n, FEATURES)  # NCHW order, as Flatten does
     flat = flat - flat.mean(axis=1, keepdims=True)
     flat /= np.linalg.norm(flat, axis=1, keepdims=True)
-    return flat.astype(np.float32)
+    out: F32 = flat.astype(np.float32)
+    return out
 
 
 def fit_fisherfaces(features: F32, dim: int) -> tuple[F32, F32]:
@@ -65,7 +66,7 @@ def fit_fisherfaces(features: F32, dim: int) -> tuple[F32, F32]:
     values, vectors = np.linalg.eigh(within)
     whiten = vectors / np.sqrt(values)
     between = np.cov((features.mean(axis=1) - mean).T)
-    b_values, b_vectors = np.linalg.eigh(whiten.T @ between @ whiten)
+    _b_values, b_vectors = np.linalg.eigh(whiten.T @ between @ whiten)
     projection = whiten @ b_vectors[:, ::-1][:, :dim]
     return mean.astype(np.float32), projection.astype(np.float32)
 
@@ -77,7 +78,9 @@ def build_onnx(mean: F32, projection: F32, *, doc: str) -> Any:
 
     dim = projection.shape[1]
     nodes = [
-        helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[POOL, POOL], strides=[POOL, POOL]),
+        helper.make_node(
+            "AveragePool", ["input"], ["pooled"], kernel_shape=[POOL, POOL], strides=[POOL, POOL]
+        ),
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
         helper.make_node("ReduceMean", ["flat"], ["flat_mean"], axes=[1], keepdims=1),
         helper.make_node("Sub", ["flat", "flat_mean"], ["centred"]),
@@ -91,7 +94,10 @@ def build_onnx(mean: F32, projection: F32, *, doc: str) -> Any:
         "face-embed-demo",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
-        [numpy_helper.from_array(mean, "mean_face"), numpy_helper.from_array(projection, "projection")],
+        [
+            numpy_helper.from_array(mean, "mean_face"),
+            numpy_helper.from_array(projection, "projection"),
+        ],
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edge-agent"
@@ -196,6 +202,7 @@ def build_demo_bundle(out: Path, version: str = "1.0.0", *, dim: int = 128) -> D
 
 
 def _card(r: DemoReport, version: str) -> str:
+    held = f"{CALIBRATION_IDENTITIES.start}–{CALIBRATION_IDENTITIES.stop - 1}"
     return f"""# face-embed-demo {version} — NOT FOR PRODUCTION DECISIONS
 
 **This model has never seen a human face.** It exists so the face data path (crops, the
@@ -216,7 +223,9 @@ gate. For real deployments package an ArcFace or MobileFaceNet model as describe
   exposure, a few pixels of shift, expression and sensor noise vary). Nothing downloaded.
 - **Reproduce:** `.venv/bin/python scripts/make_face_model.py` (needs the `train` extra).
 
-## Calibration (held-out synthetic identities {CALIBRATION_IDENTITIES.start}–{CALIBRATION_IDENTITIES.stop - 1})
+## Calibration
+
+On held-out synthetic identities {held}, {CAPTURES} captures each.
 
 | Figure | Value |
 |---|---|
@@ -235,3 +244,60 @@ def manifest_summary(path: Path) -> dict[str, Any]:
     """The `face` section of a bundle's manifest (for the script's output)."""
     data: dict[str, Any] = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     return dict(data["face"])
+
+
+def build_tflite(mean: F32, projection: F32, *, description: str) -> bytes:
+    """The same model as a LiteRT flatbuffer, NHWC ``[N, 112, 112, 3]`` in, for LiteRT gateways.
+
+    Flattening NHWC orders features (y, x, c) where the ONNX graph has (c, y, x); the mean
+    face and the projection rows are permuted to match, so both files embed alike.
+    """
+    from ai_edge_litert import schema_py_generated as fb
+
+    from edge_agent.inference.export import _TfliteGraph
+
+    op, opt = fb.BuiltinOperator, fb.BuiltinOptions
+    order = np.arange(FEATURES).reshape(3, GRID, GRID).transpose(1, 2, 0).reshape(-1)
+    dim = projection.shape[1]
+    g = _TfliteGraph(description)
+    x = g.tensor("input", [SIZE, SIZE, 3])
+    pool = fb.Pool2DOptionsT()
+    pool.padding = fb.Padding.VALID
+    pool.strideH = pool.strideW = pool.filterHeight = pool.filterWidth = POOL
+    pooled = g.op(
+        op.AVERAGE_POOL_2D, [x], [g.tensor("pooled", [GRID, GRID, 3])], opt.Pool2DOptions, pool
+    )
+    shape = g.const("flat_shape", np.array([-1, FEATURES], dtype=np.int32))
+    reshape = fb.ReshapeOptionsT()
+    reshape.newShape = [-1, FEATURES]
+    flat = g.op(
+        op.RESHAPE, [pooled, shape], [g.tensor("flat", [FEATURES])], opt.ReshapeOptions, reshape
+    )
+    centre = g.reduce(op.MEAN, flat, 1, True, "flat_mean", [1])
+    centred = g.binary(op.SUB, flat, centre, "centred", [FEATURES])
+    unit = g.op(
+        op.L2_NORMALIZATION,
+        [centred],
+        [g.tensor("unit", [FEATURES])],
+        opt.L2NormOptions,
+        fb.L2NormOptionsT(),
+    )
+    offset = g.binary(op.SUB, unit, g.const("mean_face", mean[order]), "offset", [FEATURES])
+    weights = g.const("projection", np.ascontiguousarray(projection[order].T))
+    fc = fb.FullyConnectedOptionsT()
+    fc.fusedActivationFunction = fb.ActivationFunctionType.NONE
+    projected = g.op(
+        op.FULLY_CONNECTED,
+        [offset, weights, -1],
+        [g.tensor("projected", [dim])],
+        opt.FullyConnectedOptions,
+        fc,
+    )
+    out = g.op(
+        op.L2_NORMALIZATION,
+        [projected],
+        [g.tensor("embedding", [dim])],
+        opt.L2NormOptions,
+        fb.L2NormOptionsT(),
+    )
+    return g.finish([x], [out])

@@ -96,7 +96,8 @@ def face_spec(bundle: Bundle) -> FaceModelSpec:
     raw = (manifest.model_extra or {}).get("face")
     if not isinstance(raw, dict):
         raise BundleError(
-            bundle.ref, "manifest has no `face` section (input size, colours, dim); see docs/faces.md"
+            bundle.ref,
+            "manifest has no `face` section (input size, colours, dim); see docs/faces.md",
         )
     try:
         spec = FaceModelSpec.model_validate(raw)

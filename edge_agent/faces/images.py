@@ -90,8 +90,7 @@ def decode_crop(crop: FaceCrop) -> Image:
     if image.shape[:2] != (crop.height, crop.width):
         raise ImageError(
             source,
-            f"JPEG is {image.shape[1]}×{image.shape[0]}, the frame says "
-            f"{crop.width}×{crop.height}",
+            f"JPEG is {image.shape[1]}×{image.shape[0]}, the frame says {crop.width}×{crop.height}",
         )
     return image
 

@@ -35,7 +35,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge_agent.faces.errors import GalleryError, WrongKeyError
-from edge_agent.faces.keys import KEY_BYTES, key_id
+from edge_agent.faces.keys import KEY_BYTES, KeySource, fsync_dir, key_id, read_key_file
 
 FORMAT = 1
 """Gallery schema version written to ``meta``."""
@@ -728,3 +728,32 @@ def _as_templates(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     if np.any(np.linalg.norm(array, axis=1) == 0):
         raise ValueError("a template of all zeros has no direction and cannot be matched")
     return array
+
+
+def open_gallery(path: Path, source: KeySource, *, create: bool = True) -> GalleryStore:
+    """Open the gallery with the key from ``source``, finishing an interrupted rotation.
+
+    ``edge-agent faces rotate-key`` writes the new key to ``<key file>.next``, re-seals the
+    gallery in one transaction, then renames the new key over the old one. If it stopped
+    between the last two steps, the gallery opens only with the ``.next`` key: that key
+    is then moved into place and used.
+
+    Raises:
+        GalleryKeyError: The key is missing, unreadable or too widely readable.
+        WrongKeyError: Neither the key nor a staged rotation key opens the gallery.
+        GalleryError: The file is not a usable gallery.
+    """
+    key = source.read()
+    try:
+        return GalleryStore(path, key, key_source=str(source), create=create)
+    except WrongKeyError as err:
+        staged = source.next_path
+        if source.credential or not staged.is_file():
+            raise
+        new_key = read_key_file(staged)
+        if key_id(new_key) != err.expected_key_id:
+            raise
+        store = GalleryStore(path, new_key, key_source=str(staged), create=create)
+        os.replace(staged, source.path)
+        fsync_dir(source.path.parent)
+        return store

@@ -20,7 +20,8 @@ _Y, _X = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
 
 
 def _ellipse(cy: float, cx: float, ry: float, rx: float) -> npt.NDArray[np.bool_]:
-    return ((_Y - cy) / ry) ** 2 + ((_X - cx) / rx) ** 2 <= 1.0
+    inside: npt.NDArray[np.bool_] = ((_Y - cy) / ry) ** 2 + ((_X - cx) / rx) ** 2 <= 1.0
+    return inside
 
 
 def synthetic_face(identity: int, variant: int = 0, *, noise: float = 4.0) -> npt.NDArray[np.uint8]:
@@ -43,7 +44,12 @@ def synthetic_face(identity: int, variant: int = 0, *, noise: float = 4.0) -> np
     mouth_y, mouth_w = traits.uniform(76, 84), traits.uniform(10, 17)
     hairline = traits.uniform(14, 30)
     blotches = [
-        (traits.uniform(30, 90), traits.uniform(25, 87), traits.uniform(5, 12), traits.uniform(-40, 40))
+        (
+            traits.uniform(30, 90),
+            traits.uniform(25, 87),
+            traits.uniform(5, 12),
+            traits.uniform(-40, 40),
+        )
         for _ in range(6)
     ]
 
@@ -55,13 +61,13 @@ def synthetic_face(identity: int, variant: int = 0, *, noise: float = 4.0) -> np
     for by, bx, radius, amp in blotches:
         bump = amp * np.exp(-((_Y - by) ** 2 + (_X - bx) ** 2) / (2 * radius**2))
         image += (bump * face)[..., None]
-    image[face & (_Y < cy - face_ry + hairline)] = hair
+    image[face & (cy - face_ry + hairline > _Y)] = hair
     smile = shot.uniform(-1.5, 1.5)
     for side in (-1, 1):
         eye = _ellipse(eye_y, cx + side * eye_dx, eye_r * shot.uniform(0.8, 1.0), eye_r * 1.5)
         image[eye] = 245
         image[_ellipse(eye_y, cx + side * eye_dx, eye_r * 0.7, eye_r * 0.7)] = iris
-    nose = (np.abs(_X - cx) < nose_w / 2) & (_Y > eye_y + 4) & (_Y < eye_y + 4 + nose_len)
+    nose = (np.abs(_X - cx) < nose_w / 2) & (eye_y + 4 < _Y) & (eye_y + 4 + nose_len > _Y)
     image[nose] = skin * 0.8
     mouth = _ellipse(mouth_y + smile, cx, 2.5 + abs(smile), mouth_w)
     image[mouth] = [150, 50, 60]

@@ -156,13 +156,18 @@ def _copy(
     on_progress: Progress,
     cancel: threading.Event,
 ) -> int:
-    """Append `src` to `part` from `have`; returns the bytes now in `part`."""
-    with part.open("ab" if have else "wb") as out:
+    """Append `src` to `part` from `have`; returns the bytes now in `part`.
+
+    Blocks are taken as they arrive (`read1`) and written unbuffered, so what a SIGKILL
+    leaves in `part` is everything received, for the next attempt to resume from.
+    """
+    read = getattr(src, "read1", src.read)
+    with part.open("ab" if have else "wb", buffering=0) as out:
         while True:
             if cancel.is_set():
                 raise _reject("cancelled", "the agent is stopping; the partial download is kept")
             try:
-                block = src.read(BLOCK)
+                block = read(BLOCK)
             except (OSError, http.client.HTTPException) as err:
                 raise _TransientError(str(err)) from err
             if not block:
@@ -174,7 +179,6 @@ def _copy(
             out.write(block)
             have += len(block)
             on_progress(have, size)
-        out.flush()
         os.fsync(out.fileno())
     return have
 

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 1.0
 SWAP_TIMEOUT_S = 10.0
+_CONCLUDING = ("confirm-", "rollback-")
+"""Name prefixes of the tasks applying a probation verdict (awaited, not cancelled, on close)."""
 GalleryCoverage = Callable[[str, str], int]
 """(model name, version) → embeddings the face gallery holds for that version."""
 
@@ -152,7 +154,14 @@ class OtaManager:
         self._closing = True
         if self._cancel is not None:
             self._cancel.set()
-        tasks = [*self._tasks, *(t.task for t in self.trials.values() if t.task is not None)]
+        # A verdict being applied (a rollback half done) finishes; deployments are cancelled.
+        concluding = [t for t in self._tasks if t.get_name().startswith(_CONCLUDING)]
+        if concluding:
+            await asyncio.wait(concluding, timeout=SWAP_TIMEOUT_S)
+        tasks = [
+            *(t for t in self._tasks if not t.done()),
+            *(t.task for t in self.trials.values() if t.task is not None),
+        ]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -236,22 +245,42 @@ class OtaManager:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
         return task
 
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %s", task.get_name(), task.exception(), exc_info=task.exception())
+
+    def gallery_templates(self, ref: str) -> int:
+        """Templates the face gallery holds for the model version `ref` (0 without a gallery).
+
+        `gallery_coverage` wins when set; otherwise the running face pipeline's gallery is
+        asked (`GalleryStore.template_counts`, keyed by name@version).
+        """
+        if self.gallery_coverage is not None:
+            name, _, version = ref.partition("@")
+            return self.gallery_coverage(name, version)
+        faces = getattr(self.daemon, "faces", None)
+        store = getattr(faces, "store", None) if faces is not None else None
+        if store is None:
+            return 0
+        return int(store.template_counts().get(ref, 0))
+
     def _check_gallery(self, manifest: Manifest) -> None:
-        """Item 6: an embedding model needs the face gallery re-embedded with it first."""
+        """An embedding model needs the face gallery re-embedded with it before it serves."""
         if manifest.task != "embedding":
             return
-        coverage = self.gallery_coverage
-        count = coverage(manifest.name, manifest.version) if coverage is not None else 0
+        ref = f"{manifest.name}@{manifest.version}"
+        count = self.gallery_templates(ref)
         if count <= 0:
             raise UpdateRejectedError(
                 "activate",
                 "gallery",
-                f"the face gallery holds no embeddings for {manifest.name}@"
-                f"{manifest.version}: re-embed the enrolled faces with this version first, "
-                "then activate it (an identification model without its gallery matches nobody)",
+                f"the face gallery holds no embeddings for {ref}: re-embed the enrolled faces "
+                "with this version first, then activate it (an identification model without "
+                "its gallery matches nobody)",
             )
 
     def _reject_event(self, err: UpdateRejectedError, **body: Any) -> dict[str, Any]:
@@ -449,6 +478,10 @@ class OtaManager:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(repo.end_trial, name, "activation interrupted")
             raise
+        if not swap.replaced:  # a reload removed the model's sensors meanwhile
+            runtime.close()
+            await self._confirmed(name, version, body, None)
+            return {"ok": True, **body, "activated": True, "confirmed": True}
         previous, previous_runtime = swap.replaced[0]
         limits = ProbationLimits.from_config(self._ota)
         self._event(
@@ -490,9 +523,9 @@ class OtaManager:
         if trial is None or self._closing:
             return
         if verdict.passed:
-            self._spawn(self._pass(trial, verdict), f"confirm-{name}")
+            self._spawn(self._pass(trial, verdict), f"{_CONCLUDING[0]}{name}")
         else:
-            self._spawn(self._roll_back_trial(trial, verdict), f"rollback-{name}")
+            self._spawn(self._roll_back_trial(trial, verdict), f"{_CONCLUDING[1]}{name}")
 
     async def _pass(self, trial: Trial, verdict: Verdict) -> None:
         self._end_trial(trial)
@@ -793,7 +826,7 @@ class OtaManager:
         return call
 
     async def _ctl_install(self, request: dict[str, Any]) -> dict[str, Any]:
-        path = str(request.get("path", ""))
+        path = str(request.get("archive", ""))
         if self.repo is None:
             return {"ok": False, "error": self.unavailable}
         if self._busy.locked():

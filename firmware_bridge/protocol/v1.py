@@ -945,6 +945,9 @@ class CropAssembler:
         self.timeout_s = timeout_s
         self.stats = CropStats()
         self._partial: dict[int, _Partial] = {}
+        # Per stream, the id of an image already counted as incomplete: its remaining
+        # chunks are skipped quietly, so one lost image counts once.
+        self._skipping: dict[int, int] = {}
         self.last_error: str | None = None
 
     def feed(self, frame: Frame, now: float) -> FaceCrop | None:
@@ -986,9 +989,12 @@ class CropAssembler:
                 partial = None
         if partial is None:
             if chunk.index != 0:
-                stats.incomplete += 1
-                self.last_error = f"image {chunk.crop_id} arrived without its first chunk"
+                if self._skipping.get(stream) != chunk.crop_id:
+                    self._skipping[stream] = chunk.crop_id
+                    stats.incomplete += 1
+                    self.last_error = f"image {chunk.crop_id} arrived without its first chunk"
                 return None
+            self._skipping.pop(stream, None)
             partial = _Partial(chunk, [], 0, frame.timestamp_us, frame.seq, now)
             self._partial[stream] = partial
         partial.parts.append(chunk.data)
@@ -1018,7 +1024,9 @@ class CropAssembler:
         )
 
     def _abandon(self, stream: int, reason: str) -> None:
-        self._partial.pop(stream, None)
+        partial = self._partial.pop(stream, None)
+        if partial is not None:
+            self._skipping[stream] = partial.first.crop_id
         self.stats.incomplete += 1
         self.last_error = reason
 

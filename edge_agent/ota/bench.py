@@ -1,0 +1,197 @@
+"""Hot swap and rollback, measured on a live daemon: `bench_hot_swap()` for `edge-agent bench`.
+
+Method: a `Daemon` runs in this process on its own thread, reading emulated IMUs through
+real pseudo-terminals as fast as it can (`max_rate`), running the shipped activity model
+into a real SQLite file. While windows stream, the model is swapped back and forth between
+two loaded versions (the shipped bundle and a copy under another version number)
+`swaps` times with `Daemon.swap_model`, the same step an OTA activation uses.
+
+- `hot_swap_pause_ms`: the longest time the pipeline was held by a swap (the swap step on
+  the pipeline task, timed with perf_counter_ns); `hot_swap_pause_ms_p50` its median.
+- `windows_dropped_during_swap`: windows the streams cut (every model cursor's count)
+  minus results stored, over the whole run with its swaps; 0 means none lost. Results
+  run twice would make it negative; the per-stream version sequence is also checked to
+  change only at swaps.
+- `rollback_after_failed_check_ms`: a version is activated on probation, then its session
+  fails (closed under it, as a crashed runtime would be); from the failed check to the
+  previous version serving again, as reported in the `model.rolled_back` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import AgentConfig, parse_config
+from edge_agent.inference.bundle import Bundle, find_bundle, shipped_models_dir, write_manifest
+from edge_agent.inference.runtime import open_runtime
+
+MODEL = "imu-activity"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _copy_as(bundle: Bundle, root: Path, version: str) -> Bundle:
+    """The same model files under another version number."""
+    dest = root / bundle.manifest.name / version
+    dest.mkdir(parents=True)
+    for name in bundle.manifest.files:
+        shutil.copyfile(bundle.path / name, dest / name)
+    raw = json.loads((bundle.path / "manifest.json").read_text(encoding="utf-8"))
+    raw.pop("files")
+    raw["version"] = version
+    return write_manifest(dest, raw)
+
+
+def _config(tmp: Path, ttys: list[str]) -> AgentConfig:
+    return parse_config(
+        {
+            "device": {"id": "bench-ota"},
+            "mqtt": {"port": _free_port(), "reconnect_min_s": 1.0, "reconnect_max_s": 5.0},
+            "storage": {"path": str(tmp / "bench.db")},
+            "logging": {"level": "WARNING", "show_results": False},
+            "sync": {"summary_interval_s": 3600.0},
+            "service": {"control_socket": str(tmp / "bench.sock")},
+            "ota": {"probation_windows": 1_000_000, "probation_s": 3600.0},
+            "sensors": [
+                {"name": f"imu-{i}", "link": "serial", "port": t, "models": [MODEL]}
+                for i, t in enumerate(ttys)
+            ],
+        },
+        source="bench",
+        environ={},
+    )
+
+
+@contextlib.contextmanager
+def _daemon(config: AgentConfig) -> Iterator[Any]:
+    from edge_agent.daemon import Daemon
+
+    daemon = Daemon(config, handle_signals=False)
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            asyncio.run(daemon.run())
+        except BaseException as err:  # reported below
+            failure.append(err)
+
+    thread = threading.Thread(target=serve, name="bench-daemon")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not failure and daemon.windows_committed < 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the daemon committed no windows within 30 s")
+            time.sleep(0.01)
+        if failure:
+            raise RuntimeError(f"daemon failed: {failure[0]!r}") from failure[0]
+        yield daemon
+    finally:
+        daemon.request_stop()
+        thread.join(60)
+    if failure:
+        raise RuntimeError(f"daemon failed: {failure[0]!r}") from failure[0]
+
+
+def _on_loop(daemon: Any, coro: Any, timeout: float = 30.0) -> Any:
+    return asyncio.run_coroutine_threadsafe(coro, daemon._loop).result(timeout)
+
+
+def bench_hot_swap(swaps: int = 20, sensors: int = 2, interval_s: float = 0.05) -> dict[str, Any]:
+    """Measure the hot-swap pause, windows lost to swaps, and the automatic rollback time.
+
+    Returns:
+        `hot_swap_pause_ms` (max), `hot_swap_pause_ms_p50`, `hot_swap_swaps`,
+        `windows_dropped_during_swap`, `windows_during_swap_run`,
+        `rollback_after_failed_check_ms`.
+    """
+    from firmware_bridge.emulator import CsvRecording, DeviceEmulator
+
+    recording = shipped_models_dir() / MODEL / "recordings" / "heldout.csv"
+    with tempfile.TemporaryDirectory(prefix="edge-agent-bench-ota-") as tmp_name:
+        tmp = Path(tmp_name)
+        shipped = find_bundle(MODEL, [shipped_models_dir()])
+        other = _copy_as(shipped, tmp / "models", "1.0.1-bench")
+        emulators = [
+            DeviceEmulator(CsvRecording(recording), device_id=f"imu-{i}", max_rate=True)
+            for i in range(sensors)
+        ]
+        for emu in emulators:
+            emu.start()
+        try:
+            config = _config(tmp, [emu.tty_path for emu in emulators])
+            with _daemon(config) as daemon:
+                slot = daemon.slots[MODEL]
+                pairs = [(slot.bundle, slot.runtime), (other, open_runtime(other))]
+                pauses = []
+                for i in range(swaps):
+                    bundle, runtime = pairs[(i + 1) % 2]
+                    swap = _on_loop(daemon, daemon.swap_model(MODEL, bundle, runtime))
+                    pauses.append(swap.pause_ns / 1e6)
+                    time.sleep(interval_s)
+                # A new version goes on probation; then its session fails under it.
+                standby = next(r for _, r in pairs if r is not slot.runtime)
+                candidate = open_runtime(_copy_as(shipped, tmp / "trial", "1.0.2-bench"))
+                _on_loop(daemon, daemon.ota._activate(candidate.bundle, candidate, {}))
+                candidate.close()
+                deadline = time.monotonic() + 10
+                while (daemon.ota.trials or daemon.ota._tasks) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            produced = sum(m.cursor.produced for s in daemon.streams.values() for m in s.attached)
+            standby.close()
+            conn = sqlite3.connect(config.storage.path)
+            try:
+                stored = conn.execute("SELECT count(*) FROM results").fetchone()[0]
+                rows = conn.execute(
+                    "SELECT body FROM events WHERE kind = 'model.rolled_back' ORDER BY id"
+                ).fetchall()
+                order = conn.execute(
+                    "SELECT sensor, model_version FROM results ORDER BY id"
+                ).fetchall()
+            finally:
+                conn.close()
+        finally:
+            for emu in emulators:
+                emu.close()
+    changes: dict[str, int] = {}
+    last: dict[str, str] = {}
+    for sensor, version in order:
+        if last.get(sensor) not in (None, version):
+            changes[sensor] = changes.get(sensor, 0) + 1
+        last[sensor] = version
+    rollback = json.loads(rows[-1][0]) if rows else {}
+    return {
+        "hot_swap_pause_ms": round(max(pauses), 4),
+        "hot_swap_pause_ms_p50": round(statistics.median(pauses), 4),
+        "hot_swap_swaps": swaps,
+        "windows_dropped_during_swap": int(produced - stored),
+        "windows_during_swap_run": int(produced),
+        "version_changes_per_stream_max": max(changes.values(), default=0),
+        "rollback_after_failed_check_ms": rollback.get("rollback_ms"),
+        "rollback_signal": rollback.get("signal"),
+    }
+
+
+def main() -> None:
+    """Print the figures as JSON (`python -m edge_agent.ota.bench`)."""
+    print(json.dumps(bench_hot_swap(), indent=2))
+
+
+if __name__ == "__main__":
+    main()
