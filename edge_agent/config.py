@@ -146,7 +146,9 @@ class SyncConfig(Section):
         default=500, ge=1, le=100_000, description="Most window results in one message."
     )
     upload_results: bool = Field(
-        default=True, description="Send per-window results upstream (summaries are always sent)."
+        default=False,
+        description="Also send every window result upstream (`results` topic); by default "
+        "results stay on the gateway and summaries, events and heartbeats go up.",
     )
 
 

@@ -185,7 +185,7 @@ def agent_config(work: Path, i: int, port: int, args: argparse.Namespace) -> Pat
         f"[mqtt]\nport = {port}\nreconnect_max_s = {args.reconnect_max}",
         f"[sync]\nheartbeat_interval_s = {args.heartbeat_interval}\n"
         f"summary_interval_s = {args.summary_interval}\n"
-        f"results_interval_s = {args.results_interval}",
+        f"results_interval_s = {args.results_interval}\nupload_results = true",
         f'[storage]\npath = "{db}"',
         f'[service]\ncontrol_socket = "{db.with_suffix(".sock")}"',
         '[logging]\nlevel = "WARNING"\nshow_results = false',

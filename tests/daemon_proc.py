@@ -39,6 +39,7 @@ def write_config(
             "heartbeat_interval_s": 0.5,
             "summary_interval_s": 1.0,
             "results_interval_s": 0.2,
+            "upload_results": True,
         },
         "storage": {"path": str(db)},
         "logging": {"show_results": False},

@@ -105,6 +105,7 @@ def _daemon_config(tmp: Path, port: int, emus: list[DeviceEmulator], device: str
                 "heartbeat_interval_s": 0.3,
                 "summary_interval_s": 0.5,
                 "results_interval_s": 0.1,
+                "upload_results": True,
             },
         },
     )

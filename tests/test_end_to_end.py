@@ -58,6 +58,7 @@ def _write_config(path: Path, port: int, db: Path, sensors: dict[str, str], devi
         "heartbeat_interval_s = 0.5",
         "summary_interval_s = 1.0",
         "results_interval_s = 0.2",
+        "upload_results = true",
         "[storage]",
         f'path = "{db}"',
         "[logging]",

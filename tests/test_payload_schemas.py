@@ -131,6 +131,7 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Raw]]:
                             "heartbeat_interval_s": 0.3,
                             "summary_interval_s": 0.5,
                             "results_interval_s": 0.1,
+                            "upload_results": True,
                         },
                     },
                 )
