@@ -244,7 +244,7 @@ class OtaConfig(Section):
         default=50.0,
         gt=0,
         description="Most a new version may take for one window (median of the staging runs, "
-        "and the mean per window during probation).",
+        "and median time per window of its calls during probation).",
     )
     require_golden: bool = Field(
         default=True,

@@ -544,6 +544,11 @@ class Daemon:
 
             self.faces = await start_face_pipeline(self.config, self._event)
         self.commands = CommandServer(self)
+        if self.faces is not None:
+            from edge_agent.faces.sync import gallery_handlers
+
+            for name, handler in gallery_handlers(self.faces).items():
+                self.commands.register(name, handler)
         self.uplink = self._new_uplink(self.config)
         self._event(
             "agent.started", version=__version__, sensors=[s.name for s in self.config.sensors]

@@ -38,6 +38,38 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield b
 
 
+def _command(port: int, root: str, name: str, args: dict[str, Any] | None = None) -> Any:
+    """One MQTT 5 request/response round trip to the daemon's command topic."""
+    import uuid
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    replies: list[Any] = []
+    subscribed = threading.Event()
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5
+    )
+    client.on_message = lambda c, u, m: replies.append(json.loads(m.payload))
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect("127.0.0.1", port)
+    client.subscribe("cloud/faces-replies", qos=1)
+    client.loop_start()
+    try:
+        assert subscribed.wait(10)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "cloud/faces-replies"
+        props.CorrelationData = b"1"
+        body = json.dumps({"id": uuid.uuid4().hex, "args": args or {}})
+        client.publish(f"{root}/cmd/{name}", body, qos=1, properties=props)
+        return wait_for(lambda: replies and replies[0], 15, f"reply to {name}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def _events(db: Path, kind: str) -> list[dict[str, Any]]:
     conn = sqlite3.connect(db)
     try:
@@ -170,6 +202,10 @@ def test_crops_and_embeddings_become_decisions_without_biometrics_upstream(
                 15,
                 "matches published",
             )
+            # The gallery is reconciled from the cloud with MQTT commands on the same daemon.
+            reply = _command(broker.port, "edge/default/default/gw-faces", "faces.checksum")
+            assert reply["ok"] is True, reply
+            assert reply["result"]["identities"] >= 3
         finally:
             daemon.request_stop()
             thread.join(30)

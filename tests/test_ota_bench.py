@@ -15,7 +15,8 @@ def test_bench_hot_swap_reports_its_figures() -> None:
     assert figures["windows_during_swap_run"] > 0
     assert figures["hot_swap_swaps"] == 6
     assert 0 <= figures["hot_swap_pause_ms_p50"] <= figures["hot_swap_pause_ms"]
-    # Six swaps, the activation of a trial version, and its automatic rollback.
-    assert figures["version_changes_per_stream_max"] == 8
+    # Six swaps, the activation of a trial version and its rollback: a stream's results
+    # change version at most that often (fewer when no window fell between two swaps).
+    assert 1 <= figures["version_changes_per_stream_max"] <= 8
     assert figures["rollback_signal"] == "errors"
     assert figures["rollback_after_failed_check_ms"] is not None

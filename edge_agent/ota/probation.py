@@ -5,7 +5,8 @@ batch the new version runs is judged:
 
 - `errors`: an inference call raised (share of calls above `ota.max_error_rate`);
 - `non_finite`: a NaN or inf in the output;
-- `latency`: the mean time per window exceeds `ota.latency_budget_ms`;
+- `latency`: the median time per window of its calls exceeds `ota.latency_budget_ms` (a
+  median, so one call delayed by a busy machine does not condemn a model);
 - `label_collapse` / `label_drift`: at the end, the distribution of predicted labels is
   compared with the previous version's on the same windows (the previous version runs
   beside it on every batch of the probation): one label taking nearly everything where
@@ -19,9 +20,10 @@ with the previous version until the daemon has swapped it back.
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +36,8 @@ from edge_agent.inference.runtime import FloatArray, Runtime, Segments
 
 MIN_COMPARED_WINDOWS = 20
 """Fewer windows than this say nothing about a label distribution; it is not judged."""
-MIN_LATENCY_CALLS = 3
+MIN_LATENCY_CALLS = 5
+"""Calls timed before latency is judged (the median of their time per window)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class ProbationWatch:
         self.non_finite = 0
         self.fallback_windows = 0
         self.busy_ns = 0
+        self._ms_per_window: deque[float] = deque(maxlen=256)
         self.last_error: str | None = None
         self.new_labels: Counter[str] = Counter()
         self.old_labels: Counter[str] = Counter()
@@ -171,6 +175,8 @@ class ProbationWatch:
                 self.non_finite += bad_rows
             else:
                 self.busy_ns += elapsed
+                if n:
+                    self._ms_per_window.append(elapsed / n / 1e6)
                 self.judged_windows += n
                 if self._compare and shadow is not None:
                     self._count(out, shadow)
@@ -228,6 +234,9 @@ class ProbationWatch:
             "non_finite_windows": self.non_finite,
             "answered_by_previous": self.fallback_windows,
             "mean_ms_per_window": round(mean_ms, 4) if mean_ms is not None else None,
+            "median_ms_per_window": round(statistics.median(self._ms_per_window), 4)
+            if self._ms_per_window
+            else None,
             "label_drift": round(label_drift(self.new_labels, self.old_labels), 4)
             if self.new_labels and self.old_labels
             else None,
@@ -254,12 +263,13 @@ class ProbationWatch:
                 f"(last: {self.last_error}); ota.max_error_rate is {limits.max_error_rate:g}",
                 now,
             )
-        if self.judged_windows and self.calls >= MIN_LATENCY_CALLS:
-            mean_ms = self.busy_ns / self.judged_windows / 1e6
-            if mean_ms > limits.latency_budget_ms:
+        if len(self._ms_per_window) >= MIN_LATENCY_CALLS:
+            median_ms = statistics.median(self._ms_per_window)
+            if median_ms > limits.latency_budget_ms:
                 return self._fail(
                     "latency",
-                    f"{self.bundle.ref} takes {mean_ms:.1f} ms per live window, over "
+                    f"{self.bundle.ref} takes {median_ms:.1f} ms per live window (median of "
+                    f"{len(self._ms_per_window)} calls), over "
                     f"ota.latency_budget_ms ({limits.latency_budget_ms:g} ms)",
                     now,
                 )

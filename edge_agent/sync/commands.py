@@ -136,7 +136,7 @@ class CommandServer:
                 )
             if not self.daemon.config.commands.permits(name):
                 raise CommandError("forbidden", f"command {name!r} is not allowed on this gateway")
-            args = {**request.args, "_received_ts": received}
+            args = {**request.args, "_received_ts": received, "_request_id": request.id}
             result = await asyncio.wait_for(handler(args), timeout=TIMEOUT_S)
             reply = self._reply(request_id, name, True, result=result)
             self._remember(request.id, reply)
