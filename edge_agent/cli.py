@@ -118,9 +118,19 @@ def version() -> None:
 
 def _register_commands() -> None:
     # Each area's commands live in edge_agent/commands/<area>.py and import what they use lazily.
-    from edge_agent.commands import bench, control, doctor, faces, models, ota, sensors, service
+    from edge_agent.commands import (
+        bench,
+        control,
+        doctor,
+        faces,
+        init,
+        models,
+        ota,
+        sensors,
+        service,
+    )
 
-    for module in (bench, control, doctor, faces, models, ota, sensors, service):
+    for module in (bench, control, doctor, faces, init, models, ota, sensors, service):
         module.register(app)
 
 

@@ -1,0 +1,111 @@
+"""`edge-agent init`: write a first config for this gateway from a few answers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+EXIT_CONFIG = 2
+DEFAULT_PATH = Path("/etc/edge-agent/edge-agent.toml")
+
+
+def _pairs(values: list[str], what: str) -> list[tuple[str, str]]:
+    out = []
+    for value in values:
+        name, sep, target = value.partition("=")
+        if not sep or not name or not target:
+            raise typer.BadParameter(f"{what} must look like NAME=VALUE, got {value!r}")
+        out.append((name, target))
+    return out
+
+
+def init(
+    path: Annotated[Path, typer.Option("--path", help="Where to write the config.")] = DEFAULT_PATH,
+    device_id: Annotated[
+        str | None, typer.Option("--device-id", help="Gateway id (default: host name).")
+    ] = None,
+    tenant: Annotated[str, typer.Option(help="Tenant id.")] = "default",
+    site: Annotated[str, typer.Option(help="Site id.")] = "default",
+    broker: Annotated[str, typer.Option(help="MQTT broker as HOST[:PORT].")] = "127.0.0.1:1883",
+    tls: Annotated[bool, typer.Option("--tls", help="Connect with TLS (verify the server).")] = (
+        False
+    ),
+    ca_file: Annotated[Path | None, typer.Option(help="CA bundle for TLS.")] = None,
+    username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
+    password_file: Annotated[
+        Path | None, typer.Option(help="File with the broker password (never in the config).")
+    ] = None,
+    serial: Annotated[
+        list[str] | None,
+        typer.Option(help="A serial sensor as NAME=PORT (repeat for more).", show_default=False),
+    ] = None,
+    ble: Annotated[
+        list[str] | None,
+        typer.Option(help="A BLE sensor as NAME=ADDRESS (repeat for more).", show_default=False),
+    ] = None,
+    state_dir: Annotated[Path, typer.Option(help="Where the database lives.")] = Path(
+        "/var/lib/edge-agent"
+    ),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a validated config for this gateway; edit it later, `config validate` it."""
+    from edge_agent.config import load_config, parse_config, render_config
+    from edge_agent.errors import ConfigError
+
+    if path.exists() and not force:
+        typer.echo(f"error: {path} exists; use --force to replace it", err=True)
+        raise typer.Exit(1)
+    host, _, port = broker.rpartition(":") if ":" in broker else (broker, "", "1883")
+    sensors: list[dict[str, Any]] = [
+        {"name": name, "link": "serial", "port": port_path}
+        for name, port_path in _pairs(serial or [], "--serial")
+    ]
+    sensors += [
+        {"name": name, "link": "ble", "address": address}
+        for name, address in _pairs(ble or [], "--ble")
+    ]
+    data: dict[str, Any] = {
+        "device": {"tenant": tenant, "site": site} | ({"id": device_id} if device_id else {}),
+        "mqtt": {"host": host, "port": port, "tls": tls}
+        | ({"ca_file": str(ca_file)} if ca_file else {})
+        | ({"username": username} if username else {})
+        | ({"password_file": str(password_file)} if password_file else {}),
+        "storage": {"path": str(state_dir / "edge-agent.db"), "synchronous": "FULL"},
+        "logging": {"show_results": False},
+    }
+    if sensors:
+        data["sensors"] = sensors
+    try:
+        config = parse_config(data, source="edge-agent init", environ={})
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from err
+    header = (
+        "# edge-agent configuration, written by `edge-agent init`.\n"
+        "# Check changes with `edge-agent config validate PATH`; apply with `edge-agent reload`.\n"
+    )
+    if not sensors:
+        header += (
+            "# No sensors were given: the two emulated sensors below only prove the setup\n"
+            '# works; replace them with `link = "serial"` or `link = "ble"` sensors.\n'
+        )
+    text = header + "\n" + render_config(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    load_config(path, environ={})  # what was written reads back as valid
+    typer.echo(f"wrote {path} ({len(config.sensors)} sensor(s), topics under {config.topic_root}/)")
+    typer.echo("next: edge-agent doctor -c PATH, then sudo edge-agent service install -c PATH")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `init` to the CLI."""
+    app.command("init")(init)
