@@ -498,7 +498,7 @@ class ServiceConfig(Section):
 
 
 class FacesConfig(Section):
-    """Face identification against the encrypted gallery (docs/faces.md)."""
+    """Face identification against the encrypted gallery (docs/face.md)."""
 
     enabled: bool = Field(
         default=False,

@@ -209,7 +209,7 @@ def _card(r: DemoReport, version: str) -> str:
 embedding runtime, the encrypted gallery, 1:N matching, calibration, events) can be run,
 tested and demonstrated without any biometric data. Do not use it to let anyone through a
 gate. For real deployments package an ArcFace or MobileFaceNet model as described in
-`docs/faces.md` ("Installing a production embedding model").
+`docs/face.md` ("Installing a production embedding model").
 
 ## What it is
 

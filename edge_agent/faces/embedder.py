@@ -97,7 +97,7 @@ def face_spec(bundle: Bundle) -> FaceModelSpec:
     if not isinstance(raw, dict):
         raise BundleError(
             bundle.ref,
-            "manifest has no `face` section (input size, colours, dim); see docs/faces.md",
+            "manifest has no `face` section (input size, colours, dim); see docs/face.md",
         )
     try:
         spec = FaceModelSpec.model_validate(raw)

@@ -172,7 +172,7 @@ class TemplateSet:
 
 @dataclass(frozen=True)
 class GalleryChecksum:
-    """What the cloud compares to reconcile its copy of the gallery (see docs/faces.md).
+    """What the cloud compares to reconcile its copy of the gallery (see docs/face.md).
 
     Attributes:
         model: Model reference covered.
