@@ -873,6 +873,7 @@ TARGETS: list[tuple[str, str, float]] = [
     ("outbox_drain_ratio", ">=", 0.7),
     ("hot_swap_pause_ms", "<=", 1.0),
     ("windows_dropped_during_swap", "<=", 0),
+    ("rollback_after_failed_check_ms", "<=", 5000.0),
     ("identify_p99_ms", "<=", 5.0),
     ("identify_overhead_ratio", "<=", 1.5),
 ]
