@@ -95,8 +95,16 @@ def _check(sub: Collector, root: str) -> ContractChecker:
     for m in list(sub.messages):
         checker.feed(m.topic, m.payload)
     if checker.violations:
-        order = [(m.topic.rsplit("/", 1)[-1], m.payload["seq"], m.payload["msg_id"][:6],
-                  m.payload.get("ts")) for m in sub.messages if m.topic.endswith("/results")]
+        order = [
+            (
+                m.topic.rsplit("/", 1)[-1],
+                m.payload["seq"],
+                m.payload["msg_id"][:6],
+                m.payload.get("ts"),
+            )
+            for m in sub.messages
+            if m.topic.endswith("/results")
+        ]
         print("ARRIVAL", order)
     assert checker.violations == [], "\n".join(checker.violations)
     return checker
