@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edge_agent.config import parse_config
 from edge_agent.store.db import Store, Txn
@@ -30,7 +30,12 @@ def raw_paho_qos1(host: str, port: int, n: int, inflight: int = 64) -> float:
         if acked == n:
             done.set()
 
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench-raw")
+    # The same protocol as the daemon's default (MQTT 5, whose PUBACKs carry a reason code).
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id="bench-raw",
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
     client.max_inflight_messages_set(inflight)
     client.max_queued_messages_set(0)
     client.on_publish = on_publish
