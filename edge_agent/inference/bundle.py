@@ -85,7 +85,8 @@ class Bundle:
         return f"{self.manifest.name}@{self.manifest.version}"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -127,7 +128,7 @@ def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
             size = file_path.stat().st_size
             if size != entry.size:
                 raise BundleError(label, f"{name} is {size} bytes, manifest says {entry.size}")
-            if _sha256(file_path) != entry.sha256:
+            if file_sha256(file_path) != entry.sha256:
                 raise BundleError(label, f"{name} does not match its sha256 (tampered or corrupt)")
     return Bundle(path=path, manifest=manifest)
 
@@ -180,7 +181,7 @@ def find_bundle(ref: str, search: list[Path]) -> Bundle:
 
 def file_entry(path: Path) -> dict[str, str | int]:
     """The `files` entry of one file: its sha256 and size."""
-    return {"sha256": _sha256(path), "size": path.stat().st_size}
+    return {"sha256": file_sha256(path), "size": path.stat().st_size}
 
 
 def write_manifest(directory: Path, manifest: dict[str, object]) -> Bundle:

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from edge_agent.inference.bundle import (
     MANIFEST,
     Manifest,
+    file_sha256,
     is_safe_name,
     load_bundle,
     write_manifest,
@@ -84,15 +85,6 @@ class PackedArchive:
 
 def _reject(check: str, reason: str, stage: str = "verify") -> UpdateRejectedError:
     return UpdateRejectedError(stage, check, reason)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _entry_name(member: tarfile.TarInfo) -> str:

@@ -13,7 +13,6 @@ when `ota.allow_http` is set; a redirect may not downgrade https to http.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import os
 import re
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 from edge_agent import __version__
+from edge_agent.inference.bundle import file_sha256
 from edge_agent.ota.errors import UpdateRejectedError
 
 BLOCK = 1 << 16
@@ -100,17 +100,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _finish(part: Path, final: Path, sha256: str) -> Path:
     """Check the digest of a complete `.part` and rename it to its final name."""
-    got = _sha256(part)
+    got = file_sha256(part)
     if got != sha256:
         part.unlink()
         raise _reject(
