@@ -542,7 +542,10 @@ class Daemon:
         if self.config.faces.enabled:
             from edge_agent.faces.pipeline import start_face_pipeline
 
-            self.faces = await start_face_pipeline(self.config, self._event)
+            # Through the OTA manager: a face model activated over the air is the one loaded.
+            self.faces = await start_face_pipeline(
+                self.config, self._event, find=self.ota.find_bundle
+            )
         self.commands = CommandServer(self)
         if self.faces is not None:
             from edge_agent.faces.sync import gallery_handlers

@@ -185,3 +185,24 @@ def test_a_litert_nhwc_bundle_embeds_like_the_onnx_one(
     litert.close()
     with pytest.raises(RuntimeBackendError, match="closed"):
         litert.embed(images[:1])
+
+
+def test_the_embedder_is_resolved_through_the_given_finder(tmp_path: Path) -> None:
+    """The daemon hands the OTA manager's resolver in, so a face model activated over the air
+    (here: version 9.9.9 of the demo model in an install directory) is the one loaded."""
+    shipped = shipped_models_dir() / "face-embed-demo" / "1.0.0"
+    target = tmp_path / "face-embed-demo" / "9.9.9"
+    shutil.copytree(shipped, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest.pop("files")
+    manifest["version"] = "9.9.9"
+    write_manifest(target, manifest)
+    asked: list[str] = []
+
+    def find(ref: str, search: list[Path]) -> Bundle:
+        asked.append(ref)
+        return load_bundle(target)
+
+    embedder = open_embedder("face-embed-demo", find=find)
+    assert asked == ["face-embed-demo"]
+    assert embedder.ref == "face-embed-demo@9.9.9"

@@ -18,7 +18,7 @@ channels in tensor order (``["r", "g", "b"]``), and ``rate_hz``, ``window`` and 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -194,14 +194,23 @@ class FaceEmbedder:
         self._run = _closed(self.ref)
 
 
-def open_embedder(ref: str, dirs: Sequence[Path] = (), *, threads: int = 1) -> FaceEmbedder:
+def open_embedder(
+    ref: str,
+    dirs: Sequence[Path] = (),
+    *,
+    threads: int = 1,
+    find: Callable[[str, list[Path]], Bundle] | None = None,
+) -> FaceEmbedder:
     """Find ``name`` or ``name@version`` along ``dirs`` then the shipped models, and load it.
+
+    ``find`` replaces the plain search, e.g. with the OTA manager's, which resolves a bare
+    name to the version activated over the air.
 
     Raises:
         BundleError: Not found, not verified, or not a face embedding bundle.
         RuntimeBackendError: As for :class:`FaceEmbedder`.
     """
-    bundle = find_bundle(ref, [*dirs, shipped_models_dir()])
+    bundle = (find or find_bundle)(ref, [*dirs, shipped_models_dir()])
     return FaceEmbedder(bundle, threads=threads)
 
 

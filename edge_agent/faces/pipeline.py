@@ -35,6 +35,7 @@ from edge_agent.faces.images import decode_crop
 from edge_agent.faces.index import Decision, FaceIndex
 from edge_agent.faces.keys import resolve_key_source
 from edge_agent.faces.store import GalleryStore, open_gallery
+from edge_agent.inference.bundle import Bundle
 from firmware_bridge.protocol.v1 import CropAssembler, FaceCrop, Frame, FrameType, ProtocolError
 
 if TYPE_CHECKING:
@@ -99,8 +100,10 @@ class FacePipeline:
         emit: Emit,
         poll_s: float = 1.0,
         environ: dict[str, str] | None = None,
+        find: Callable[[str, list[Path]], Bundle] | None = None,
     ) -> None:
         self.config = config
+        self.find = find
         self.gallery_path = gallery_path
         self.model_dirs = list(model_dirs)
         self.emit = emit
@@ -131,7 +134,7 @@ class FacePipeline:
         """
         source = resolve_key_source(self.config.key_file, self.config.key_credential, self.environ)
         self.store = open_gallery(self.gallery_path, source)
-        self.embedder = open_embedder(self.config.model, self.model_dirs)
+        self.embedder = open_embedder(self.config.model, self.model_dirs, find=self.find)
         if self.config.threshold is None and self.embedder.spec.threshold is None:
             raise FaceError(
                 f"no threshold: {self.embedder.ref} suggests none; set faces.threshold to the "
@@ -393,7 +396,11 @@ class FacePipeline:
 
 
 async def start_face_pipeline(
-    config: AgentConfig, emit: Emit, *, environ: dict[str, str] | None = None
+    config: AgentConfig,
+    emit: Emit,
+    *,
+    environ: dict[str, str] | None = None,
+    find: Callable[[str, list[Path]], Bundle] | None = None,
 ) -> FacePipeline | None:
     """Build and open the face pipeline if ``faces.enabled``; a failure is an event, not fatal.
 
@@ -410,6 +417,7 @@ async def start_face_pipeline(
         model_dirs=config.models.dirs,
         emit=emit,
         environ=environ if environ is not None else dict(os.environ),
+        find=find,
     )
     pipeline._loop = asyncio.get_running_loop()
     try:
