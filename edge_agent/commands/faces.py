@@ -440,8 +440,9 @@ def rotate_key(
     config: ToolConfigOption = None,
 ) -> None:
     """Re-encrypt the gallery under a new random key, crash-safely."""
+    from edge_agent.durable import fsync_dir
     from edge_agent.faces.errors import FaceError
-    from edge_agent.faces.keys import fsync_dir, generate_key, resolve_key_source, write_key_file
+    from edge_agent.faces.keys import generate_key, resolve_key_source, write_key_file
 
     cfg, _ = resolve_config(config)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -53,6 +52,7 @@ def init(
 ) -> None:
     """Write a validated config for this gateway; edit it later, `config validate` it."""
     from edge_agent.config import load_config, parse_config, render_config
+    from edge_agent.durable import write_atomically
     from edge_agent.errors import ConfigError
 
     if path.exists() and not force:
@@ -94,13 +94,7 @@ def init(
         )
     text = header + "\n" + render_config(config)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, text, mode=0o640)
     load_config(path, environ={})  # what was written reads back as valid
     typer.echo(f"wrote {path} ({len(config.sensors)} sensor(s), topics under {config.topic_root}/)")
     typer.echo("next: edge-agent doctor -c PATH, then sudo edge-agent service install -c PATH")

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.durable import fsync_dir
 from edge_agent.faces.errors import GalleryKeyError
 
 KEY_BYTES = 32
@@ -182,12 +183,3 @@ def write_key_file(path: Path, key: bytes, *, exclusive: bool = True) -> None:
     finally:
         os.close(fd)
     fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or creation in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

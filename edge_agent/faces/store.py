@@ -34,8 +34,9 @@ import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from edge_agent.durable import fsync_dir
 from edge_agent.faces.errors import GalleryError, WrongKeyError
-from edge_agent.faces.keys import KEY_BYTES, KeySource, fsync_dir, key_id, read_key_file
+from edge_agent.faces.keys import KEY_BYTES, KeySource, key_id, read_key_file
 
 FORMAT = 1
 """Gallery schema version written to ``meta``."""

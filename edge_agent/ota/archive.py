@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from edge_agent.durable import fsync_dir
 from edge_agent.inference.bundle import (
     MANIFEST,
     Manifest,
@@ -240,14 +241,6 @@ def inspect_archive(archive: Path, trusted: Sequence[str] | None, max_bytes: int
     return ArchiveInfo(manifest_bytes, signature, manifest, signer, total)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_new(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     with os.fdopen(fd, "wb") as fh:
@@ -294,7 +287,7 @@ def extract_archive(archive: Path, info: ArchiveInfo, dest: Path) -> None:
     _write_new(dest / MANIFEST, info.manifest_bytes)
     if info.signature_bytes is not None:
         _write_new(dest / SIGNATURE_FILE, info.signature_bytes)
-    _fsync_dir(dest)
+    fsync_dir(dest)
 
 
 # -- publishing ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 from edge_agent import __version__
+from edge_agent.durable import fsync_dir
 from edge_agent.inference.bundle import file_sha256
 from edge_agent.ota.errors import UpdateRejectedError
 
@@ -92,14 +93,6 @@ def check_request(url: str, sha256: str, size: int, limits: FetchLimits) -> None
         raise _reject("bad_url", f"unsupported URL scheme {scheme!r}; use https://, file://")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _finish(part: Path, final: Path, sha256: str) -> Path:
     """Check the digest of a complete `.part` and rename it to its final name."""
     got = file_sha256(part)
@@ -113,7 +106,7 @@ def _finish(part: Path, final: Path, sha256: str) -> Path:
     with part.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(part, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return final
 
 

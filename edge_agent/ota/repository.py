@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.config import AgentConfig
+from edge_agent.durable import fsync_dir, write_atomically
 from edge_agent.inference.bundle import MANIFEST, Bundle, find_bundle, is_safe_name, load_bundle
 from edge_agent.ota.errors import OtaStateError, UpdateRejectedError
 
@@ -79,25 +80,6 @@ class Reverted:
     name: str
     version: str
     back_to: str | None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the directory: a power cut leaves the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class ModelRepository:
@@ -310,17 +292,17 @@ class ModelRepository:
                 )
             return dest
         dest.parent.mkdir(exist_ok=True)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         if dest.exists():  # an empty or broken directory of a version: never a valid one
             self._to_trash(dest)
         os.rename(staging, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
 
     def _to_trash(self, path: Path) -> None:
         target = self._trash / uuid.uuid4().hex
         os.rename(path, target)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         shutil.rmtree(target, ignore_errors=True)
 
     def remove(self, name: str, version: str) -> None:

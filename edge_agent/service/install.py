@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from edge_agent.config import AgentConfig, load_config, render_config
+from edge_agent.durable import write_atomically
 from edge_agent.errors import EdgeAgentError
 
 SERVICE_USER = "edge-agent"
@@ -274,13 +275,14 @@ def install_steps(
         if config_path.exists():
             backup = config_path.with_name(config_path.name + ".previous")
             shutil.copy2(config_path, backup)
-        _atomic_write(config_path, config_text, 0o640, 0, gid)
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(config_path, config_text, mode=0o640, owner=(0, gid))
 
     steps.append(Step(config_what, action=write_config))
     steps.append(
         Step(
             f"write {UNIT_DIR / UNIT_NAME}",
-            action=lambda: _atomic_write(unit_path, unit, 0o644, None, None),
+            action=lambda: _write_unit(unit_path, unit),
         )
     )
     if not staged:
@@ -329,20 +331,6 @@ def uninstall_steps(*, root: Path = Path("/"), purge: bool = False) -> list[Step
     return steps
 
 
-def _atomic_write(path: Path, text: str, mode: int, uid: int | None, gid: int | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(temporary, mode)
-    if uid is not None or gid is not None:
-        os.chown(temporary, -1 if uid is None else uid, -1 if gid is None else gid)
-    os.replace(temporary, path)
-
-
 def run_steps(steps: list[Step], *, dry_run: bool, out: TextIO) -> None:
     """Execute (or with `dry_run` only print) the steps in order.
 
@@ -388,3 +376,8 @@ def require_systemd_root(
             "systemd is not running on this machine; use --dry-run to see the steps, "
             "or --root DIR to stage the files into an image"
         )
+
+
+def _write_unit(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, text, mode=0o644)

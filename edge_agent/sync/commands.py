@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 import tomllib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -25,6 +23,7 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.config import _set_path, _to_toml, parse_config, render_config
+from edge_agent.durable import write_atomically
 from edge_agent.errors import ConfigError
 from edge_agent.store.db import dumps, outbox_depth
 
@@ -256,7 +255,7 @@ class CommandServer:
             raise CommandError(
                 "invalid_config", "rejected; nothing changed", [str(i) for i in err.issues]
             ) from err
-        _write_atomically(path, _to_toml(data))
+        write_atomically(path, _to_toml(data), mode=path.stat().st_mode & 0o777)
         outcome = await self.daemon.reload()
         return {"persisted": str(path), "changed": sorted(values), "reload": outcome}
 
@@ -291,18 +290,3 @@ def _jsonable(value: Any) -> Any:
 def _tomlish(text: str) -> str:
     """render_config output minus its comment lines is valid TOML."""
     return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write, fsync, rename, fsync the directory: a power cut leaves the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
