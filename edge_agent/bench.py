@@ -219,7 +219,7 @@ def _running_daemon(config: Any) -> Iterator[Any]:
 
     It notes when the first frames reached it (`first_frames_mono`), where ingest starts.
     """
-    from edge_agent.daemon import Daemon
+    from edge_agent.daemon import Daemon, serving_in_thread
     from firmware_bridge.protocol.v1 import Frame
 
     class TimedDaemon(Daemon):
@@ -245,7 +245,7 @@ def _running_daemon(config: Any) -> Iterator[Any]:
 
         def _committed_threadsafe(self, batches: Any) -> None:
             now = time.monotonic()
-            for b, _ in batches:
+            for b in batches:
                 mark = self.marks.pop(id(b), None)
                 if mark is not None and len(self.stages) < 100_000:
                     self.stages.append((*mark, now))
@@ -265,43 +265,26 @@ def _running_daemon(config: Any) -> Iterator[Any]:
                 self.first_frames_mono = recv_mono
             super().on_frames(sensor, frames, recv_mono, recv_wall)
 
-    daemon = TimedDaemon(config, handle_signals=False)
-    failure: list[BaseException] = []
-
-    def serve() -> None:
+    def run(coro: Any) -> None:
         profile_to = os.environ.get(PROFILE_ENV)
+        if not profile_to:
+            asyncio.run(coro)
+            return
+        # The event loop thread under cProfile: where the daemon's own Python time goes.
+        import cProfile
+
+        profiler = cProfile.Profile()
         try:
-            if profile_to:
-                # The event loop thread under cProfile: where the daemon's own Python time goes.
-                import cProfile
+            profiler.runcall(asyncio.run, coro)
+        finally:
+            profiler.dump_stats(profile_to)
 
-                profiler = cProfile.Profile()
-                try:
-                    profiler.runcall(asyncio.run, daemon.run())
-                finally:
-                    profiler.dump_stats(profile_to)
-            else:
-                asyncio.run(daemon.run())
-        except BaseException as err:
-            failure.append(err)
+    def ready(d: Any) -> bool:
+        return bool(d.ready.is_set() and d.links and all(x.connected for x in d.links.values()))
 
-    thread = threading.Thread(target=serve, name="daemon")
-    thread.start()
-    try:
-        _wait(lambda: failure or (daemon.ready.is_set() and daemon.links), 20, "daemon start")
-        _wait(
-            lambda: failure or all(link.connected for link in daemon.links.values()),
-            20,
-            "sensors connected",
-        )
-        if failure:
-            raise RuntimeError(f"daemon failed: {failure[0]!r}") from failure[0]
-        yield daemon
-    finally:
-        daemon.request_stop()
-        thread.join(60)
-    if failure:
-        raise RuntimeError(f"daemon failed: {failure[0]!r}") from failure[0]
+    daemon = TimedDaemon(config, handle_signals=False)
+    with serving_in_thread(daemon, until=ready, timeout=40.0, runner=run) as served:
+        yield served
 
 
 def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.001) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +11,7 @@ import typer
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, load_config, render_config
 from edge_agent.errors import ConfigError
+from edge_agent.runner import EXIT_CONFIG
 
 app = typer.Typer(
     name="edge-agent",
@@ -33,8 +33,6 @@ ConfigOption = Annotated[
     ),
 ]
 
-EXIT_CONFIG = 2
-
 
 def _load(path: Path | None) -> AgentConfig:
     try:
@@ -43,15 +41,6 @@ def _load(path: Path | None) -> AgentConfig:
         typer.echo(f"error: {err}", err=True)
         typer.echo("fix the keys above, then run `edge-agent config validate PATH`", err=True)
         raise typer.Exit(EXIT_CONFIG) from err
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
 
 
 @app.command()

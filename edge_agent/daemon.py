@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -20,12 +19,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +50,8 @@ if TYPE_CHECKING:
     from edge_agent.faces.pipeline import FacePipeline
 
 log = logging.getLogger("edge_agent")
+
+D = TypeVar("D", bound="Daemon")
 
 INLINE_INFERENCE_S = 0.0005
 """A round whose models are expected to take less than this runs on the event loop."""
@@ -89,10 +90,10 @@ class ResultBatch:
         return len(self.label_index)
 
 
-def insert_results(batches: list[ResultBatch]) -> Op[list[tuple[ResultBatch, float]]]:
-    """Insert window results; returns each batch with its commit-ready time."""
+def insert_results(batches: list[ResultBatch]) -> Op[list[ResultBatch]]:
+    """Insert window results; returns the batches (for the on-commit latency accounting)."""
 
-    def op(txn: Txn) -> list[tuple[ResultBatch, float]]:
+    def op(txn: Txn) -> list[ResultBatch]:
         for b in batches:
             labels = b.labels
             names = [labels[i] for i in b.label_index.tolist()] if labels else repeat(None)
@@ -110,7 +111,7 @@ def insert_results(batches: list[ResultBatch]) -> Op[list[tuple[ResultBatch, flo
                     strict=False,
                 ),
             )
-        return [(b, 0.0) for b in batches]
+        return batches
 
     return op
 
@@ -202,7 +203,8 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     daemon gets it. No effect (and no error) on other C libraries.
     """
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The process's own symbols: find_library would run ldconfig in a subprocess at start.
+        libc = ctypes.CDLL(None)
         m_arena_max = -8  # from glibc's malloc.h
         libc.mallopt(m_arena_max, arenas)
 
@@ -241,6 +243,7 @@ class Daemon:
             max_age_s=config.storage.max_age_days * 86400.0,
         )
         self.dropped: dict[str, int] = {}
+        self._interval_start = time.time()  # wall time the current summary interval began
         self.slots: dict[str, ModelSlot] = {}
         self.streams: dict[tuple[str, int], SensorStream] = {}
         self.sensor_models: dict[str, list[ModelSlot]] = {}
@@ -278,21 +281,17 @@ class Daemon:
         self, sensor: str, frames: list[Frame], recv_mono: float, recv_wall: float
     ) -> None:
         """LinkSink: hand a read's frames to the pipeline (from the loop or a link thread)."""
-        loop = self._loop
-        if loop is None:
-            return
-        item = ("frames", sensor, frames, recv_mono, recv_wall)
-        if threading.get_ident() == self._loop_thread:
-            self._inbox.put_nowait(item)
-        else:
-            loop.call_soon_threadsafe(self._inbox.put_nowait, item)
+        self._to_inbox(("frames", sensor, frames, recv_mono, recv_wall))
 
     def on_link_state(self, sensor: str, state: str, detail: str) -> None:
         """LinkSink: a sensor connected or was lost."""
+        self._to_inbox(("state", sensor, state, detail))
+
+    def _to_inbox(self, item: tuple[Any, ...]) -> None:
+        """Queue for the pipeline: directly on the loop's thread, else through the loop."""
         loop = self._loop
         if loop is None:
             return
-        item = ("state", sensor, state, detail)
         if threading.get_ident() == self._loop_thread:
             self._inbox.put_nowait(item)
         else:
@@ -785,9 +784,9 @@ class Daemon:
             self.summaries[key] = acc
         return acc
 
-    def _committed_threadsafe(self, batches: list[tuple[ResultBatch, float]]) -> None:
+    def _committed_threadsafe(self, batches: list[ResultBatch]) -> None:
         now = time.monotonic()
-        lat = [(b, (now - b.recv_mono) * 1000.0) for b, _ in batches]
+        lat = [(b, (now - b.recv_mono) * 1000.0) for b in batches]
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(self._committed, lat)
@@ -895,7 +894,7 @@ class Daemon:
                 return
 
     async def _close_intervals(self, *, final: bool) -> None:
-        start = getattr(self, "_interval_start", time.time())
+        start = self._interval_start
         end = time.time()
         self._interval_start = end
         bodies = []
@@ -970,6 +969,45 @@ class Daemon:
         }
         await self.store.call(enqueue("heartbeat", body))
         self._notify_uplink()
+
+
+@contextlib.contextmanager
+def serving_in_thread(
+    daemon: D,
+    *,
+    until: Callable[[D], object],
+    timeout: float = 30.0,
+    runner: Callable[[Coroutine[Any, Any, None]], object] = asyncio.run,
+) -> Iterator[D]:
+    """Run `daemon` on a thread of this process (benchmarks embed it this way).
+
+    Yields once `until(daemon)` is true; stops the daemon cleanly on exit. A failure of
+    the daemon, or `until` not being met within `timeout`, raises RuntimeError.
+    """
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            runner(daemon.run())
+        except BaseException as err:  # reported to the caller
+            failure.append(err)
+
+    thread = threading.Thread(target=serve, name="daemon")
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not failure and not until(daemon):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon was not ready within {timeout:g} s")
+            time.sleep(0.002)
+        if failure:
+            raise RuntimeError(f"daemon failed: {failure[0]!r}") from failure[0]
+        yield daemon
+    finally:
+        daemon.request_stop()
+        thread.join(60)
+    if failure:
+        raise RuntimeError(f"daemon failed: {failure[0]!r}") from failure[0]
 
 
 def run_daemon(config: AgentConfig, *, config_path: Path | None = None) -> int:

@@ -13,7 +13,7 @@ def main() -> None:
 
         parsed = parse_run_args(argv[1:])
         if parsed is not False:
-            sys.exit(run_with_config(parsed if parsed is not True else None))
+            sys.exit(run_with_config(parsed))
     from edge_agent.cli import main as cli_main
 
     cli_main()

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 from edge_agent import __version__
 from edge_agent.config import load_config
@@ -54,7 +55,7 @@ def run_with_config(path: Path | None) -> int:
     return run_daemon(cfg, config_path=path)
 
 
-def parse_run_args(argv: list[str]) -> Path | bool | None:
+def parse_run_args(argv: list[str]) -> Path | Literal[False] | None:
     """The config path of `run [--config PATH]`; False when argv needs the full CLI."""
     parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     parser.add_argument("--config", "-c", type=Path, default=None)
@@ -66,4 +67,5 @@ def parse_run_args(argv: list[str]) -> Path | bool | None:
         return False
     if ns.config is None and os.environ.get("EDGE_AGENT_CONFIG"):
         return Path(os.environ["EDGE_AGENT_CONFIG"])
-    return ns.config  # type: ignore[no-any-return]
+    config: Path | None = ns.config
+    return config

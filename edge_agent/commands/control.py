@@ -16,10 +16,10 @@ import typer
 
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import ConfigError
+from edge_agent.runner import EXIT_CONFIG
 
 SYSTEM_CONFIG = Path("/etc/edge-agent/edge-agent.toml")
 EXIT_NOT_RUNNING = 3  # like `systemctl status` for a stopped unit
-EXIT_CONFIG = 2
 
 ToolConfigOption = Annotated[
     Path | None,

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-EXIT_CONFIG = 2
+from edge_agent.runner import EXIT_CONFIG
+
 DEFAULT_PATH = Path("/etc/edge-agent/edge-agent.toml")
 
 

@@ -18,13 +18,13 @@ from typing import Annotated, Any
 import typer
 
 from edge_agent.commands.control import (
-    EXIT_CONFIG,
     SocketOption,
     ToolConfigOption,
     resolve_config,
     socket_for,
 )
 from edge_agent.commands.models import models_app
+from edge_agent.runner import EXIT_CONFIG
 
 EXIT_REFUSED = 2
 INSTALL_TIMEOUT_S = 600.0

@@ -27,7 +27,6 @@ import socket
 import sqlite3
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,33 +79,12 @@ def _config(tmp: Path, ttys: list[str]) -> AgentConfig:
 
 @contextlib.contextmanager
 def _daemon(config: AgentConfig) -> Iterator[Any]:
-    from edge_agent.daemon import Daemon
+    from edge_agent.daemon import Daemon, serving_in_thread
 
-    daemon = Daemon(config, handle_signals=False)
-    failure: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            asyncio.run(daemon.run())
-        except BaseException as err:  # reported below
-            failure.append(err)
-
-    thread = threading.Thread(target=serve, name="bench-daemon")
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not failure and daemon.windows_committed < 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the daemon committed no windows within 30 s")
-            time.sleep(0.01)
-        if failure:
-            raise RuntimeError(f"daemon failed: {failure[0]!r}") from failure[0]
+    with serving_in_thread(
+        Daemon(config, handle_signals=False), until=lambda d: d.windows_committed >= 200
+    ) as daemon:
         yield daemon
-    finally:
-        daemon.request_stop()
-        thread.join(60)
-    if failure:
-        raise RuntimeError(f"daemon failed: {failure[0]!r}") from failure[0]
 
 
 def _on_loop(daemon: Any, coro: Any, timeout: float = 30.0) -> Any:

@@ -105,17 +105,17 @@ class _TrackingContext(ssl.SSLContext):
     client certificate); closing every socket this context wrapped plugs that leak.
     """
 
-    sockets: list[ssl.SSLSocket]
+    def __init__(self, protocol: int) -> None:
+        super().__init__()  # SSLContext takes its protocol in __new__
+        self.sockets: list[ssl.SSLSocket] = []
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         sock = super().wrap_socket(*args, **kwargs)
-        if not hasattr(self, "sockets"):
-            self.sockets = []
         self.sockets.append(sock)
         return sock
 
     def close_all(self) -> None:
-        for sock in getattr(self, "sockets", []):
+        for sock in self.sockets:
             with contextlib.suppress(OSError):
                 sock.close()
         self.sockets = []
@@ -292,7 +292,6 @@ class MqttUplink:
         self._deleting: set[int] = set()
         self._ack_task: asyncio.Task[None] | None = None
         self._conn: _Connection | None = None
-        self._stopping = False
         self._will: tuple[int, str] | None = None
         self.status_topic = f"{config.topic_root}/status"
 
@@ -378,7 +377,7 @@ class MqttUplink:
         loop = asyncio.get_running_loop()
         cfg = self.config.mqtt
         while True:
-            if self._stopping:
+            if self._stop_ev.is_set():
                 break
             online_seq, online_id, will_seq, will_id = await self._allocate_status()
             conn = _Connection(self, loop)
@@ -495,12 +494,11 @@ class MqttUplink:
             with contextlib.suppress(TimeoutError):
                 # Woken by a PUBACK, new outbox rows, or the connection closing.
                 await asyncio.wait_for(self.wake.wait(), timeout=0.5)
-        if not self._stopping:
+        if not self._stop_ev.is_set():
             raise ConnectionResetError("connection lost")
 
     async def stop(self, timeout: float = 3.0) -> None:
         """Let in-flight messages be acknowledged, publish `offline`, disconnect cleanly."""
-        self._stopping = True
         self._stop_ev.set()
         conn = self._conn
         if conn is None or not self.stats.connected:

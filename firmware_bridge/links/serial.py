@@ -31,6 +31,7 @@ class SerialLink(Link):
         super().__init__(config, sink)
         self._port: serial.Serial | None = None
         self._task: concurrent.futures.Future[None] | None = None
+        self._open_reported = False  # a missing port is reported once, not every retry
 
     @property
     def port_path(self) -> str:
@@ -53,24 +54,29 @@ class SerialLink(Link):
         port.open()
         return port
 
+    def _open_failed(self, err: Exception) -> None:
+        detail = f"cannot open {self.port_path}: {err}"
+        if not self._open_reported and not self.connected:
+            # Never opened yet: say so once, so a wrong path does not go unnoticed.
+            self.stats.last_error = detail
+            self.sink.on_link_state(self.name, "lost", detail)
+        self._open_reported = True
+        self._set_state(False, detail)
+
+    def _opened(self) -> None:
+        self._open_reported = True
+        self._set_state(True, f"opened {self.port_path} at {self.baudrate} Bd")
+
     def _run(self) -> None:
         retry = float(getattr(self.config, "reopen_interval_s", 0.5))
-        reported = False
         while not self._stop.is_set():
             try:
                 self._port = self._open()
             except (serial.SerialException, OSError, ValueError) as err:
-                detail = f"cannot open {self.port_path}: {err}"
-                if not reported and not self.connected:
-                    # Never opened yet: say so once, so a wrong path does not go unnoticed.
-                    self.stats.last_error = detail
-                    self.sink.on_link_state(self.name, "lost", detail)
-                reported = True
-                self._set_state(False, detail)
+                self._open_failed(err)
                 self._stop.wait(retry)
                 continue
-            reported = True
-            self._set_state(True, f"opened {self.port_path} at {self.baudrate} Bd")
+            self._opened()
             try:
                 self._read_until_error(self._port)
             finally:
@@ -132,22 +138,15 @@ class SerialLink(Link):
         """Open, read until the device goes, reopen: the loop-mode twin of `_run`."""
         loop = asyncio.get_running_loop()
         retry = float(getattr(self.config, "reopen_interval_s", 0.5))
-        reported = False
         while not self._stop.is_set():
             try:
                 port = await asyncio.to_thread(self._open)
             except (serial.SerialException, OSError, ValueError) as err:
-                detail = f"cannot open {self.port_path}: {err}"
-                if not reported and not self.connected:
-                    self.stats.last_error = detail
-                    self.sink.on_link_state(self.name, "lost", detail)
-                reported = True
-                self._set_state(False, detail)
+                self._open_failed(err)
                 await asyncio.sleep(retry)
                 continue
-            reported = True
             self._port = port
-            self._set_state(True, f"opened {self.port_path} at {self.baudrate} Bd")
+            self._opened()
             try:
                 reason = await self._read_on_loop(loop, port)
             finally:
