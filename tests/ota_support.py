@@ -7,11 +7,9 @@ the download server is a real HTTPS server with a CA made at test time.
 
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import http.server
 import io
-import ipaddress
 import json
 import shutil
 import ssl
@@ -25,21 +23,17 @@ from typing import Any
 
 import numpy as np
 import onnx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.inference.bundle import shipped_models_dir, write_manifest
 from edge_agent.ota.archive import PackedArchive, pack_bundle
 from edge_agent.ota.keys import public_key_of
+from tests.pki import make_cert, new_key, write_pem
 
 SHIPPED = shipped_models_dir() / "imu-activity" / "1.0.0"
 RECORDING = shipped_models_dir() / "imu-activity" / "recordings" / "heldout.csv"
 WINDOW, CHANNELS, LABELS = 20, 6, 4
-
 
 # -- models ----------------------------------------------------------------------------------
 
@@ -228,45 +222,13 @@ def write_members(out: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Pa
 # -- https server ------------------------------------------------------------------------------
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _cert(subject: str, key: Any, issuer_key: Any, issuer: str, *, ca: bool) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 def make_pki(d: Path) -> tuple[Path, Path, Path]:
     """(CA cert, server cert, server key) for 127.0.0.1, as PEM files in `d`."""
     d.mkdir(parents=True, exist_ok=True)
-    ca_key, server_key = _key(), _key()
-    ca = _cert("ota-test-ca", ca_key, ca_key, "ota-test-ca", ca=True)
-    server = _cert("127.0.0.1", server_key, ca_key, "ota-test-ca", ca=False)
-    (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (d / "server.crt").write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    (d / "server.key").write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    ca_key, server_key = new_key(), new_key()
+    write_pem(d / "ca", ca_key, make_cert("ota-test-ca", ca_key, ca_key, "ota-test-ca", ca=True))
+    server = make_cert("127.0.0.1", server_key, ca_key, "ota-test-ca", san=True)
+    write_pem(d / "server", server_key, server)
     return d / "ca.crt", d / "server.crt", d / "server.key"
 
 

@@ -3,80 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from edge_agent.config import parse_config
 from edge_agent.errors import ConfigError
 from edge_agent.store.db import Store, enqueue
 from edge_agent.sync.mqtt import MqttUplink
 from tests.broker import Mosquitto, collector, free_port, wait_for
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
-    path.with_suffix(".key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def _cert(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    issuer: str,
-    *,
-    ca: bool = False,
-    san: bool = False,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if san:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
+from tests.pki import make_cert, new_key, write_pem
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("pki")
-    ca_key = _key()
-    _write(d / "ca", ca_key, _cert("test-ca", ca_key, ca_key, "test-ca", ca=True))
-    other_key = _key()
-    _write(d / "other-ca", other_key, _cert("other-ca", other_key, other_key, "other-ca", ca=True))
-    server_key = _key()
-    _write(d / "server", server_key, _cert("localhost", server_key, ca_key, "test-ca", san=True))
-    client_key = _key()
-    _write(d / "client", client_key, _cert("gw-tls", client_key, ca_key, "test-ca"))
+    ca_key = new_key()
+    write_pem(d / "ca", ca_key, make_cert("test-ca", ca_key, ca_key, "test-ca", ca=True))
+    other_key = new_key()
+    write_pem(
+        d / "other-ca", other_key, make_cert("other-ca", other_key, other_key, "other-ca", ca=True)
+    )
+    server_key = new_key()
+    write_pem(
+        d / "server", server_key, make_cert("localhost", server_key, ca_key, "test-ca", san=True)
+    )
+    client_key = new_key()
+    write_pem(d / "client", client_key, make_cert("gw-tls", client_key, ca_key, "test-ca"))
     return d
 
 
