@@ -108,8 +108,16 @@ def _v3(db: sqlite_utils.Database) -> None:
     _rebuild_autoincrement(db, "outbox", 0)
 
 
+def _v4(db: sqlite_utils.Database) -> None:
+    # The age cap runs every 10 s: without these it scanned all local history each time.
+    db.table("results").create_index(["t_end"])
+    db.table("summaries").create_index(["t_end"])
+    db.table("events").create_index(["ts"])
+    db.table("outbox").create_index(["created"])
+
+
 # Index i holds the migration from user_version i to i + 1. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
