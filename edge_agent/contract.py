@@ -19,17 +19,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge_agent.sync.payloads import (
     KINDS,
-    EventPayload,
     PayloadError,
     decode_payload,
-    event_body,
     parse_payload,
     undocumented_keys,
 )
@@ -67,17 +64,6 @@ def parse_topic(topic: str, prefix: str) -> TopicName | None:
     if len(parts) != 4 or not all(parts):
         return None
     return TopicName(*parts)
-
-
-def _ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
-    """Sorted, merged inclusive ranges covering `seqs`."""
-    out: list[tuple[int, int]] = []
-    for s in sorted(set(seqs)):
-        if out and s == out[-1][1] + 1:
-            out[-1] = (out[-1][0], s)
-        else:
-            out.append((s, s))
-    return out
 
 
 def _subtract(gap: tuple[int, int], covered: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -606,13 +592,3 @@ class Ledger:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
-
-
-def event_bodies(ledger: Ledger, gateway: str, event: str) -> list[dict[str, Any]]:
-    """Bodies of one event kind a gateway sent, in seq order (handy in tests and reports)."""
-    out = []
-    for message in ledger.payloads("events", gateway):
-        parsed = parse_payload("events", message)
-        if isinstance(parsed, EventPayload) and parsed.event == event:
-            out.append(event_body(parsed))
-    return out

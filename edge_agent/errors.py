@@ -58,17 +58,5 @@ class RuntimeBackendError(EdgeAgentError, RuntimeError):
     """An inference runtime could not load or run a model."""
 
 
-class LinkError(EdgeAgentError, OSError):
-    """A sensor link could not be opened or failed while reading.
-
-    Attributes:
-        sensor: The configured sensor name.
-    """
-
-    def __init__(self, sensor: str, message: str) -> None:
-        self.sensor = sensor
-        super().__init__(f"sensor {sensor}: {message}")
-
-
 class StoreError(EdgeAgentError, OSError):
     """The local SQLite store failed (disk full, corruption, permissions)."""

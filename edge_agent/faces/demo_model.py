@@ -14,7 +14,6 @@ Needs the ``train`` extra (the ``onnx`` package); the daemon never imports this 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,12 +237,6 @@ On held-out synthetic identities {held}, {CAPTURES} captures each.
 These figures describe cartoons, not people. A real model's threshold must come from
 `edge-agent faces calibrate` on labelled embeddings of the deployment's own population.
 """
-
-
-def manifest_summary(path: Path) -> dict[str, Any]:
-    """The `face` section of a bundle's manifest (for the script's output)."""
-    data: dict[str, Any] = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    return dict(data["face"])
 
 
 def build_tflite(mean: F32, projection: F32, *, description: str) -> bytes:

@@ -150,11 +150,3 @@ def open_runtime(bundle: Bundle, *, threads: int = 1) -> Runtime:
         runtime.close()
         raise RuntimeBackendError(f"{bundle.ref}: warm-up run failed: {err}") from err
     return runtime
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """Per-window decision derived from the raw model output."""
-
-    label: str
-    confidence: float
