@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class EdgeAgentError(Exception):
@@ -60,3 +61,19 @@ class RuntimeBackendError(EdgeAgentError, RuntimeError):
 
 class StoreError(EdgeAgentError, OSError):
     """The local SQLite store failed (disk full, corruption, permissions)."""
+
+
+class CommandError(EdgeAgentError):
+    """A command (MQTT or control socket) refused or failed.
+
+    Attributes:
+        code: Machine-readable reason ("bad_request", "forbidden", "busy", ...).
+        message: What went wrong, for a person.
+        details: JSON-able extra data (validation errors, valid names), or None.
+    """
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details

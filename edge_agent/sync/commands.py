@@ -24,13 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.config import _set_path, _to_toml, parse_config, render_config
 from edge_agent.durable import write_atomically
-from edge_agent.errors import ConfigError
+from edge_agent.errors import CommandError, ConfigError
 from edge_agent.store.db import dumps, outbox_depth
 
 if TYPE_CHECKING:
     from edge_agent.daemon import Daemon
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CommandError", "CommandRequest", "CommandServer"]
 
 CACHE_SIZE = 256
 TIMEOUT_S = 10.0
@@ -43,15 +45,6 @@ class CommandRequest(BaseModel):
 
     id: str = Field(min_length=1, max_length=128, description="Request id; repeats are deduped.")
     args: dict[str, Any] = Field(default_factory=dict, description="Command arguments.")
-
-
-class CommandError(Exception):
-    """A command refused or failed; `code` is machine-readable."""
-
-    def __init__(self, code: str, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.details = details
 
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
