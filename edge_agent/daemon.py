@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -22,12 +21,10 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, load_config
@@ -35,11 +32,18 @@ from edge_agent.errors import BundleError, ConfigError, EdgeAgentError, RuntimeB
 from edge_agent.inference.bundle import Bundle, shipped_models_dir
 from edge_agent.inference.runtime import Runtime, open_runtime
 from edge_agent.ota.manager import OtaManager
+from edge_agent.pipeline.results import ResultBatch
 from edge_agent.pipeline.silence import SilenceWatch
 from edge_agent.pipeline.stream import Emitted, ModelSlot, SensorStream, coalesce_reads
 from edge_agent.pipeline.summary import SummaryAccumulator
 from edge_agent.service.hub import ServiceHub
-from edge_agent.store.db import Op, Store, Txn, enqueue, outbox_depth, record_event
+from edge_agent.store.db import Store, enqueue, outbox_depth, record_event
+from edge_agent.store.results import (
+    insert_results,
+    insert_summaries,
+    pack_results,
+    skip_results_upload,
+)
 from edge_agent.store.retention import dropped_counters, enforce_limits
 from edge_agent.sync.commands import CommandServer
 from edge_agent.sync.mqtt import MqttUplink
@@ -70,128 +74,6 @@ class ModelSwap:
     pause_ns: int
     replaced: list[tuple[Bundle, Runtime]]
     """(bundle, runtime) that served before, one per distinct runtime replaced."""
-
-
-@dataclass
-class ResultBatch:
-    """Decisions for the windows of one model on one stream, committed together."""
-
-    sensor: str
-    model: str
-    version: str
-    labels: list[str]
-    t_start: npt.NDArray[np.float64]
-    t_end: npt.NDArray[np.float64]
-    label_index: npt.NDArray[np.int64]
-    confidence: npt.NDArray[np.float32]
-    recv_mono: float
-
-    def __len__(self) -> int:
-        return len(self.label_index)
-
-
-def insert_results(batches: list[ResultBatch]) -> Op[list[ResultBatch]]:
-    """Insert window results; returns the batches (for the on-commit latency accounting)."""
-
-    def op(txn: Txn) -> list[ResultBatch]:
-        for b in batches:
-            labels = b.labels
-            names = [labels[i] for i in b.label_index.tolist()] if labels else repeat(None)
-            txn.conn.executemany(
-                "INSERT INTO results(sensor, model, model_version, t_start, t_end, label, "
-                "confidence) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                zip(
-                    repeat(b.sensor),
-                    repeat(b.model),
-                    repeat(b.version),
-                    b.t_start.tolist(),
-                    b.t_end.tolist(),
-                    names,
-                    b.confidence.tolist(),
-                    strict=False,
-                ),
-            )
-        return batches
-
-    return op
-
-
-def pack_results(limit: int, *, compress: bool = False) -> Op[int]:
-    """Move committed results not yet uploaded into `results` outbox messages (columnar)."""
-
-    def op(txn: Txn) -> int:
-        row = txn.conn.execute("SELECT value FROM meta WHERE key = 'results_cursor'").fetchone()
-        cursor = int(row[0]) if row else 0
-        rows = txn.conn.execute(
-            "SELECT id, sensor, model, model_version, t_start, t_end, label, confidence "
-            "FROM results WHERE id > ? ORDER BY id LIMIT ?",
-            (cursor, limit),
-        ).fetchall()
-        if not rows:
-            return 0
-        groups: dict[tuple[str, str, str], list[tuple[Any, ...]]] = {}
-        for r in rows:
-            groups.setdefault((r[1], r[2], r[3]), []).append(r)
-        for (sensor, model, version), items in groups.items():
-            txn.enqueue(
-                "results",
-                {
-                    "sensor": sensor,
-                    "model": model,
-                    "model_version": version,
-                    "count": len(items),
-                    "windows": {
-                        "t_start": [round(r[4], 3) for r in items],
-                        "t_end": [round(r[5], 3) for r in items],
-                        "label": [r[6] for r in items],
-                        "confidence": [round(r[7], 4) for r in items],
-                    },
-                },
-                compress=compress,
-            )
-        txn.conn.execute(
-            "INSERT INTO meta(key, value) VALUES ('results_cursor', ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (str(rows[-1][0]),),
-        )
-        return len(rows)
-
-    return op
-
-
-def skip_results_upload() -> Op[None]:
-    """Mark every stored result as handled when per-window upload is off."""
-
-    def op(txn: Txn) -> None:
-        txn.conn.execute(
-            "INSERT INTO meta(key, value) SELECT 'results_cursor', COALESCE(MAX(id), 0) "
-            "FROM results WHERE true ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-        )
-
-    return op
-
-
-def insert_summaries(bodies: list[dict[str, Any]]) -> Op[int]:
-    """Store summaries and queue them for upload in one transaction."""
-
-    def op(txn: Txn) -> int:
-        for body in bodies:
-            txn.conn.execute(
-                "INSERT INTO summaries(sensor, model, model_version, t_start, t_end, body) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    body["sensor"],
-                    body["model"],
-                    body["model_version"],
-                    body["interval_start"],
-                    body["interval_end"],
-                    json.dumps(body),
-                ),
-            )
-            txn.enqueue("summary", body)
-        return len(bodies)
-
-    return op
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import parse_config
-from edge_agent.daemon import Daemon, ResultBatch
+from edge_agent.daemon import Daemon
 from edge_agent.inference.bundle import shipped_models_dir
+from edge_agent.pipeline.results import ResultBatch
 from firmware_bridge.emulator import CsvRecording, DeviceEmulator, SyntheticMotion
 from tests.broker import Mosquitto, wait_for
 

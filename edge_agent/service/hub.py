@@ -24,7 +24,8 @@ from edge_agent.service.watchdog import PipelineWatchdog, Probe
 from edge_agent.store.db import outbox_depth
 
 if TYPE_CHECKING:
-    from edge_agent.daemon import Daemon, ResultBatch
+    from edge_agent.daemon import Daemon
+    from edge_agent.pipeline.results import ResultBatch
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,7 @@ import queue
 import sqlite3
 import threading
 import time
-import uuid
 import warnings
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -28,7 +26,25 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from edge_agent.errors import StoreError
+from edge_agent.store.retention import enforce_limits, used_bytes
 from edge_agent.store.schema import migrate
+from edge_agent.store.txn import PRIORITY, Op, Txn, dumps
+
+__all__ = [
+    "MAX_BATCH",
+    "PRIORITY",
+    "Op",
+    "OutboxRow",
+    "Store",
+    "StoreStats",
+    "Txn",
+    "delete_outbox",
+    "dumps",
+    "enqueue",
+    "fetch_outbox",
+    "outbox_depth",
+    "record_event",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +52,6 @@ T = TypeVar("T")
 
 # Most operations in one transaction; halved while the disk is full.
 MAX_BATCH = 4096
-
-# Lower numbers leave the outbox first.
-PRIORITY = {"status": 0, "events": 1, "heartbeat": 1, "summary": 2, "results": 3}
-# Priority 0 in the outbox is reserved for notices that must never be evicted.
-
-
-def dumps(body: dict[str, Any]) -> bytes:
-    """Compact JSON, the encoding of every uplink payload."""
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
 @dataclass
@@ -58,76 +65,6 @@ class OutboxRow:
     payload: bytes
     retain: bool
     encoding: str | None = None
-
-
-class Txn:
-    """What an operation sees: the connection, inside the writer's open transaction."""
-
-    def __init__(self, store: Store, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self._store = store
-        self.pending_seq: dict[str, int] = {}
-
-    def next_seq(self, kind: str) -> int:
-        """Allocate the next sequence number of a topic kind; durable with this transaction."""
-        current = self.pending_seq.get(kind, self._store.seq_cache.get(kind, 0))
-        seq = current + 1
-        self.pending_seq[kind] = seq
-        self.conn.execute(
-            "INSERT INTO topic_seq(topic, seq) VALUES (?, ?) "
-            "ON CONFLICT(topic) DO UPDATE SET seq = excluded.seq",
-            (kind, seq),
-        )
-        return seq
-
-    def envelope(self, kind: str, body: dict[str, Any]) -> tuple[int, str, dict[str, Any]]:
-        """Wrap a body in the uplink envelope: device, seq, msg_id, ts."""
-        seq = self.next_seq(kind)
-        msg_id = uuid.uuid4().hex
-        message = {
-            "device": self._store.device_id,
-            "seq": seq,
-            "msg_id": msg_id,
-            "ts": round(time.time(), 6),
-            **body,
-        }
-        return seq, msg_id, message
-
-    def enqueue(
-        self,
-        kind: str,
-        body: dict[str, Any],
-        *,
-        retain: bool = False,
-        compress: bool = False,
-        priority: int | None = None,
-    ) -> int:
-        """Put one uplink message in the outbox; returns its sequence number."""
-        seq, msg_id, message = self.envelope(kind, body)
-        payload = dumps(message)
-        encoding = None
-        if compress:
-            payload = zlib.compress(payload, 6)
-            encoding = "zlib"
-        self.conn.execute(
-            "INSERT INTO outbox(topic, kind, priority, seq, msg_id, payload, created, retain, "
-            "encoding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                f"{self._store.topic_root}/{kind}",
-                kind,
-                PRIORITY.get(kind, 5) if priority is None else priority,
-                seq,
-                msg_id,
-                payload,
-                time.time(),
-                int(retain),
-                encoding,
-            ),
-        )
-        return seq
-
-
-Op = Callable[[Txn], T]
 
 
 @dataclass
@@ -397,8 +334,6 @@ class Store:
 
     def _emergency_evict(self, conn: sqlite3.Connection) -> None:
         """The disk (or the hard cap) is full: evict down to 70 % of what is used now."""
-        from edge_agent.store.retention import enforce_limits, used_bytes
-
         txn = Txn(self, conn)
         try:
             conn.execute("BEGIN IMMEDIATE")

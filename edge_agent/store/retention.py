@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.store.db import Op, Txn
+from edge_agent.store.txn import Op, Txn
 
 # Table and column names in the SQL below are constants of this module, never input (S608).
 CHUNK = 2000
