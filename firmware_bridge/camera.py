@@ -28,7 +28,7 @@ from types import TracebackType
 import numpy as np
 import numpy.typing as npt
 
-from firmware_bridge.emulator import _point_symlink, _Pty, _remove_symlink
+from firmware_bridge.emulator.pty import Pty, point_symlink, remove_symlink
 from firmware_bridge.protocol.v1 import (
     MAX_CROP_CHUNK,
     ChannelInfo,
@@ -79,7 +79,7 @@ class CameraEmulator:
         self._crop_id = 0
         self._start_mono = time.monotonic()
         self._queue: queue.Queue[object] = queue.Queue()
-        self._pty: _Pty | None = None
+        self._pty: Pty | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -90,9 +90,9 @@ class CameraEmulator:
         """Open the pty and start sending HELLO."""
         if self._thread is not None:
             return self
-        self._pty = _Pty()
+        self._pty = Pty()
         if self.link_path is not None:
-            _point_symlink(self.link_path, self._pty.path)
+            point_symlink(self.link_path, self._pty.path)
         self._thread = threading.Thread(
             target=self._run, name=f"camera-{self.hello.device_id}", daemon=True
         )
@@ -116,7 +116,7 @@ class CameraEmulator:
         pty, self._pty = self._pty, None
         if pty is not None:
             if self.link_path is not None:
-                _remove_symlink(self.link_path, pty.path)
+                remove_symlink(self.link_path, pty.path)
             pty.close()
 
     def __enter__(self) -> CameraEmulator:
