@@ -85,13 +85,13 @@ def simulate(
     ] = None,
 ) -> None:
     """Emulate IMU devices on pseudo-terminals; prints the tty to point a `serial` sensor at."""
+    from edge_agent.inference.bundle import shipped_recording
     from firmware_bridge.emulator import run_simulator
-    from firmware_bridge.links.emulated import default_recording
 
     if synthetic and recording:
         typer.echo("error: choose --recording or --synthetic, not both", err=True)
         raise typer.Exit(EXIT_CONFIG)
-    source = None if synthetic else (recording or default_recording())
+    source = None if synthetic else (recording or shipped_recording())
     try:
         run_simulator(devices, source, rate, max_rate, seconds, link_dir, sys.stdout)
     except (OSError, ValueError) as err:

@@ -426,6 +426,19 @@ class EmulatedSensorConfig(SensorBase):
         "used unless `profile` is set).",
     )
 
+    @property
+    def recording_path(self) -> Path:
+        """The recording the emulator plays: `recording`, else the shipped held-out one.
+
+        Resolved here, on the gateway's side, so the link in `firmware_bridge` is handed a path
+        and never needs to know where edge-agent keeps its models.
+        """
+        if self.recording is not None:
+            return self.recording
+        from edge_agent.inference.bundle import shipped_recording
+
+        return shipped_recording()
+
 
 SensorConfig = Annotated[
     SerialSensorConfig | BleSensorConfig | EmulatedSensorConfig,

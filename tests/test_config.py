@@ -21,6 +21,31 @@ def test_embedded_default_is_valid_and_runs_two_emulated_sensors() -> None:
     assert cfg.topic_root == f"edge/default/default/{cfg.device.id}"
 
 
+def test_emulated_sensors_are_handed_the_recording_to_play(tmp_path: Path) -> None:
+    """The gateway's config resolves what an emulated sensor plays (the shipped held-out
+    recording unless `recording` is set), so the link itself knows nothing of edge-agent."""
+    from edge_agent.inference.bundle import shipped_recording
+    from firmware_bridge.emulator import CsvRecording
+    from firmware_bridge.links.emulated import EmulatedLink
+
+    cfg = load_config(None, environ={})
+    default = cfg.sensors[0]
+    assert default.recording is None
+    assert default.recording_path == shipped_recording()
+    assert len(CsvRecording(default.recording_path)) > 0
+    own = tmp_path / "own.csv"
+    own.write_text("timestamp,ax\n0.0,1.0\n0.01,2.0\n0.02,3.0\n")
+    cfg = parse_config(
+        {"sensors": [{"name": "s", "link": "emulated", "recording": str(own)}]}, source="test"
+    )
+    link = EmulatedLink(cfg.sensors[0], sink=None)
+    try:
+        assert link.emulator.hello.channels[0].name == "ax"
+        assert link.emulator.rate_hz == pytest.approx(100.0)
+    finally:
+        link.emulator.close()
+
+
 def test_shipped_default_toml_matches_the_embedded_default() -> None:
     from_file = load_config(REPO / "config" / "default.toml", environ={})
     embedded = load_config(None, environ={})

@@ -147,6 +147,11 @@ def shipped_models_dir() -> Path:
     return package_dir.parent / "models"
 
 
+def shipped_recording() -> Path:
+    """The held-out recording shipped with the IMU model: what emulated sensors play by default."""
+    return shipped_models_dir() / "imu-activity" / "recordings" / "heldout.csv"
+
+
 def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-]", version))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 from firmware_bridge.emulator import Capture, CsvRecording, DeviceEmulator, SyntheticMotion
@@ -11,18 +10,13 @@ from firmware_bridge.links.serial import SerialLink
 from firmware_bridge.profiles import open_profile, profile_config
 
 
-def default_recording() -> Path:
-    """The held-out recording shipped with the IMU model."""
-    from edge_agent.inference.bundle import shipped_models_dir
-
-    return shipped_models_dir() / "imu-activity" / "recordings" / "heldout.csv"
-
-
 class EmulatedLink(SerialLink):
     """Starts a `DeviceEmulator` on a pty and reads it with pyserial.
 
     The emulator's bytes cross a real tty, so everything downstream (pyserial,
-    the decoder, reopen logic) runs exactly as with a USB-serial adapter.
+    the decoder, reopen logic) runs exactly as with a USB-serial adapter. The config says
+    what to play: ``capture``, ``synthetic``, or ``recording_path`` (a CSV recording the
+    gateway's config resolves, default included, so this package needs nothing of it).
     """
 
     kind: ClassVar[str] = "emulated"
@@ -43,7 +37,7 @@ class EmulatedLink(SerialLink):
         elif config.synthetic:
             source = SyntheticMotion(rate_hz=config.rate_hz or 50.0, seed=hash(self.name) & 0xFFFF)
         else:
-            source = CsvRecording(config.recording or default_recording())
+            source = CsvRecording(config.recording_path)
             if config.start_offset_s:
                 source.skip(int(config.start_offset_s * source.rate_hz))
         self.emulator = DeviceEmulator(
