@@ -7,6 +7,8 @@ import math
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.faces.calibrate import calibrate, pair_scores, rates, threshold_for_far
 from edge_agent.faces.errors import ModelMismatchError
@@ -166,3 +168,59 @@ def test_pair_scores_rejects_what_cannot_be_calibrated() -> None:
     )
     assert len(genuine) == 300
     assert 8_000 < len(impostor) < 12_000
+
+
+def test_int8_gallery_product_is_exact_integer_arithmetic_at_the_extremes() -> None:
+    """The largest pair sums the int8 search can produce are computed exactly by ONNX Runtime.
+
+    x86 kernels without VNNI add pairs of uint8 × int8 products into 16-bit lanes with
+    saturation; the search keeps the query to uint8 1..127 so 2 × 127 × 127 cannot saturate.
+    Whatever kernel this CPU picks, the graph must then return the exact integer products.
+    """
+    import onnxruntime as ort
+
+    dim = 64
+    rows = np.array(
+        [np.full(dim, 127), np.full(dim, -127), np.tile([127, -127], dim // 2)], dtype=np.int8
+    )
+    session = ort.InferenceSession(matmul_integer_model(rows), providers=["CPUExecutionProvider"])
+    for u8 in (np.full(dim, 127), np.full(dim, 1), np.tile([127, 1], dim // 2)):
+        (dots,) = session.run(None, {"q": u8.astype(np.uint8)[None, :]})
+        expected = rows.astype(np.int64) @ (u8.astype(np.int64) - 64)
+        np.testing.assert_array_equal(dots[0], expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    dim=st.sampled_from([16, 128, 512]),
+    people=st.integers(1, 60),
+    spread=st.floats(0.0, 1.5),
+)
+def test_int8_shortcut_and_full_search_find_the_best_dequantised_row(
+    seed: int, dim: int, people: int, spread: float
+) -> None:
+    """The contract of the int8 gallery: the reported best is the row whose dequantised
+    values score highest with the float query (checked by brute force in float64), the same
+    for k = 1 (shortcut) and k = 5, and every approximate score lies within the bound the
+    search uses. Nothing here depends on one CPU's floating-point path: the integer product
+    is exact and the comparisons are with that bound or a float32 rounding (1e-6)."""
+    _, samples = _clusters(people, 3, dim, spread=spread, seed=seed % 2**31)
+    flat = samples.reshape(-1, dim)
+    owners = np.repeat(np.arange(people), 3)
+    ids = [f"p{i}" for i in range(people)]
+    index = FaceIndex(MODEL, ids, owners, flat, dtype="int8")
+    rng = np.random.default_rng(seed)
+    query = flat[rng.integers(len(flat))] + rng.standard_normal(dim).astype(np.float32) * 0.05
+    q = (query / np.linalg.norm(query)).astype(np.float32)
+    dequantised = index._i8.astype(np.float32) * index._scale[:, None]  # type: ignore[union-attr,index]
+    truth = dequantised.astype(np.float64) @ q.astype(np.float64)
+    approx, bound = index._approximate(q)
+    assert np.all(np.abs(approx.astype(np.float64) - truth) <= bound)
+    one = index.search(query, 1)[0]
+    five = index.search(query, 5)
+    assert one.score == pytest.approx(float(truth.max()), abs=1e-6)
+    assert five[0].score == pytest.approx(one.score, abs=1e-6)
+    assert float(truth[owners == ids.index(one.identity)].max()) == pytest.approx(
+        float(truth.max()), abs=1e-6
+    )

@@ -18,6 +18,14 @@ For both reduced precisions the best candidates are re-scored against their stor
 the float32 query, so only the rows' own rounding remains in the reported score (≲ 1e-3 in
 cosine for float16, ≲ 5e-3 for int8).
 
+The int8 product is exact integer arithmetic on every CPU: the query is quantised to 7 bits
+(uint8 1..127 around a zero point of 64), so no pair of products can saturate the 16-bit
+intermediate sums of x86 kernels without VNNI (``vpmaddubsw``: 2 × 127 × 127 < 2¹⁵). The
+only difference between the integer score of a row and its re-scored value is then the
+query's own rounding, bounded per query by ``max‖row‖ · ‖q − q̂‖``; candidates are chosen
+within twice that bound, so the shortcut for ``k = 1`` and the full search return the same
+best row and score whatever the processor.
+
 An index is immutable once built: a gallery change builds a new one and swaps it in, so
 a search never sees a half-applied change and needs no lock.
 """
@@ -39,9 +47,14 @@ GalleryDtype = Literal["float32", "float16", "int8"]
 F32 = npt.NDArray[np.float32]
 
 _RESCORE_MIN = 32  # float16/int8: candidates re-scored with the float query, at least
-# How far below the best approximate score a row may be and still be the true best: well
-# above the rounding error of the product (≲ 0.005 int8, ≲ 0.001 float16 in cosine).
-_MARGIN = {"float16": 0.005, "int8": 0.02}
+# float16: how far an approximate score may be from the re-scored one (the rounding of a
+# float16 product, ≲ 0.001 in cosine, with room to spare). int8 computes its bound per query.
+_F16_ERROR = 0.0025
+# int8: the query's quantisation range (7 bits, see the module docstring) and zero point.
+_Q_PEAK = 63
+_Q_ZERO = 64
+# Float rounding of the scaled integer score and of the re-score (float64, cast to float32).
+_SLOP = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +141,7 @@ class FaceIndex:
         self._f16: npt.NDArray[np.float16] | None = None
         self._i8: npt.NDArray[np.int8] | None = None
         self._scale: F32 | None = None
+        self._row_norm = 0.0
         self._session: Any = None
         if dtype == "float32":
             self._f32 = unit
@@ -142,6 +156,8 @@ class FaceIndex:
             safe = np.where(self._scale > 0, self._scale, 1.0).astype(np.float32)
             self._i8 = np.clip(np.rint(unit / safe[:, None]), -127, 127).astype(np.int8)
             del unit
+            # Largest norm of a dequantised row: scales the query's rounding into a score bound.
+            self._row_norm = _max_row_norm(self._i8, self._scale)
             if count:
                 self._session = _gallery_session(self._i8, threads)
         else:
@@ -165,26 +181,37 @@ class FaceIndex:
 
     def scores(self, query: F32) -> F32:
         """Cosine similarity of a unit query with every template (int8: approximate)."""
+        return self._approximate(query)[0]
+
+    def _approximate(self, query: F32) -> tuple[F32, float]:
+        """Scores of every row and how far each may be from its re-scored value (`_exact`)."""
         if self._f32 is not None:
             product: F32 = self._f32 @ query
-            return product
+            return product, 0.0
         if self._f16 is not None:
             (half,) = self._session.run(None, {"q": query.astype(np.float16)[None, :]})
             scores16: F32 = half[0].astype(np.float32)
-            return scores16
+            return scores16, _F16_ERROR
         assert self._i8 is not None
         assert self._scale is not None
-        peak = float(np.abs(query).max())
-        q_scale = peak / 127.0 if peak > 0 else 1.0
-        q8 = (np.clip(np.rint(query / q_scale), -127, 127) + 128).astype(np.uint8)
-        (raw,) = self._session.run(None, {"q": q8[None, :]})
+        q64 = query.astype(np.float64)
+        peak = float(np.abs(q64).max())
+        q_scale = peak / _Q_PEAK if peak > 0 else 1.0
+        levels = np.clip(np.rint(q64 / q_scale), -_Q_PEAK, _Q_PEAK)
+        (raw,) = self._session.run(None, {"q": (levels + _Q_ZERO).astype(np.uint8)[None, :]})
         scores: F32 = raw[0].astype(np.float32)
         scores *= self._scale
         scores *= np.float32(q_scale)
-        return scores
+        # |row·q − row·q̂| ≤ ‖row‖·‖q − q̂‖ (Cauchy–Schwarz); the integer product is exact.
+        rounding = float(np.linalg.norm(q64 - levels * q_scale))
+        return scores, self._row_norm * rounding + _SLOP
 
     def _exact(self, rows: npt.NDArray[np.intp], query: F32) -> F32:
-        """Scores of a few rows with the float query (int8: dequantised rows)."""
+        """Scores of a few rows with the float query (int8: dequantised rows).
+
+        Computed in float64 and rounded once, so a row's value does not depend on which
+        other rows are re-scored with it (BLAS may sum differently for other block sizes).
+        """
         if self._f32 is not None:
             block = self._f32[rows]
         elif self._f16 is not None:
@@ -193,7 +220,7 @@ class FaceIndex:
             assert self._i8 is not None
             assert self._scale is not None
             block = self._i8[rows].astype(np.float32) * self._scale[rows, None]
-        out: F32 = block @ query
+        out: F32 = (block.astype(np.float64) @ query.astype(np.float64)).astype(np.float32)
         return out
 
     def search(self, query: npt.NDArray[np.floating], k: int = 1) -> list[Match]:
@@ -206,12 +233,13 @@ class FaceIndex:
         n = self.size
         if n == 0 or k < 1:
             return []
-        scores = self.scores(q)
+        scores, error = self._approximate(q)
         exact = self._i8 is not None or self._f16 is not None
         if exact and k == 1:
-            # Only rows within the rounding margin of the best can be the true best: one
-            # comparison pass instead of a partial sort of every score.
-            near = np.flatnonzero(scores >= scores.max() - _MARGIN[self.dtype])
+            # The truly best row scores at most `error` less approximately, and the row with
+            # the best approximate score at most `error` more: it is within twice that of the
+            # maximum. One comparison pass instead of a partial sort of every score.
+            near = np.flatnonzero(scores >= scores.max() - 2 * error)
             values = self._exact(near, q)
             row = int(near[int(np.argmax(values))])
             return [Match(self.identities[self.owners[row]], float(values.max()))]
@@ -233,8 +261,11 @@ class FaceIndex:
                 seen.add(owner)
                 found.append(Match(self.identities[owner], float(values[i])))
                 if len(found) == k:
-                    return found
-            if m == n:
+                    break
+            # A row left out scores at most `floor` re-scored: the answer stands when the
+            # k-th found beats that, else look further.
+            floor = float(scores[rows].min()) + error
+            if m == n or (len(found) == k and found[-1].score >= floor):
                 return found
             m = min(n, m * 4)  # many templates per identity: look further
 
@@ -281,11 +312,20 @@ class FaceIndex:
         return np.ascontiguousarray(q / norm)
 
 
+def _max_row_norm(rows: npt.NDArray[np.int8], scale: F32) -> float:
+    """Largest Euclidean norm of the dequantised rows (blockwise: no float copy of all)."""
+    peak = 0.0
+    for start in range(0, len(rows), 8192):
+        block = rows[start : start + 8192].astype(np.float64) * scale[start : start + 8192, None]
+        peak = max(peak, float(np.sqrt((block * block).sum(axis=1)).max(initial=0.0)))
+    return peak
+
+
 def _gallery_session(matrix: npt.NDArray[np.int8] | npt.NDArray[np.float16], threads: int) -> Any:
     """An ONNX Runtime session computing ``q · matrixᵀ`` with the matrix pre-packed.
 
     The gallery is a constant initializer, so ONNX Runtime packs it once for its GEMM
-    kernels: ``MatMulInteger`` (uint8 query with zero point 128 × int8 gallery → exact int32
+    kernels: ``MatMulInteger`` (uint8 query with zero point 64 × int8 gallery → exact int32
     dot products of the quantised values) or ``MatMul`` in float16.
     """
     import onnxruntime as ort
@@ -349,7 +389,7 @@ def _value_info(name: str, elem_type: int, dims: Sequence[int]) -> bytes:
 
 
 def matmul_integer_model(matrix: npt.NDArray[np.int8]) -> bytes:
-    """Serialized ONNX model: ``dots[1, n] = MatMulInteger(q[1, dim] u8, matrixᵀ, 128)``."""
+    """Serialized ONNX model: ``dots[1, n] = MatMulInteger(q[1, dim] u8, matrixᵀ, 64)``."""
     n, dim = matrix.shape
     node = (
         _field(1, b"q")
@@ -359,7 +399,7 @@ def matmul_integer_model(matrix: npt.NDArray[np.int8]) -> bytes:
         + _field(4, b"MatMulInteger")
     )
     gallery = _tensor("gallery", _ONNX_INT8, [dim, n], np.ascontiguousarray(matrix.T).tobytes())
-    zero = _tensor("q_zero", _ONNX_UINT8, [], bytes([128]))
+    zero = _tensor("q_zero", _ONNX_UINT8, [], bytes([_Q_ZERO]))
     graph = (
         _field(1, node)
         + _field(2, b"face-gallery-int8")
