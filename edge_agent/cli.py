@@ -20,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-config_app = typer.Typer(help="Check and show configuration.", no_args_is_help=True)
+config_app = typer.Typer(help="Check, show and edit configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 ConfigOption = Annotated[
@@ -68,6 +68,76 @@ def config_validate(path: Annotated[Path, typer.Argument(help="Config file to ch
 def config_show(config: ConfigOption = None) -> None:
     """Print the effective config (file + environment overrides), secrets masked."""
     typer.echo(render_config(_load(config)))
+
+
+def _file_to_edit(path: Path | None) -> Path:
+    """`--config`, else EDGE_AGENT_CONFIG, else the installed service's file."""
+    from edge_agent.commands.control import SYSTEM_CONFIG
+
+    chosen = path if path is not None else SYSTEM_CONFIG
+    if not chosen.is_file():
+        typer.echo(f"error: no config file {chosen}; name one with --config", err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    return chosen
+
+
+@config_app.command("set")
+def config_set(
+    key: Annotated[str, typer.Argument(help="Dotted key path: mqtt.port, sensors.0.port.")],
+    value: Annotated[
+        str,
+        typer.Argument(
+            help='A TOML value (1884, true, 2.5, "text", ["a"]); anything else is taken '
+            "as a plain string (broker.lan). Quote to keep a string: '\"true\"'."
+        ),
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Change one key in the config file, keeping its comments, order, owner and mode.
+
+    The whole result is validated first (nothing is written when it is invalid); the
+    replaced file is kept as `<file>.prev`. Apply it with `edge-agent reload` or
+    `systemctl reload edge-agent`: a change the broker does not accept within
+    `service.config_confirm_s` is reverted by the daemon.
+    """
+    from edge_agent.config_edit import edit_config, parse_key, parse_value, render_value
+    from edge_agent.errors import ConfigEditError
+
+    path = _file_to_edit(config)
+    try:
+        parse_key(key)
+        edit = edit_config(path, {key: parse_value(value)})
+    except ConfigEditError as err:
+        typer.echo(f"error: {err}", err=True)
+        for detail in err.details:
+            typer.echo(f"  {detail}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from err
+    if edit.previous is None:
+        typer.echo(f"{path}: {key} already is {value}; nothing written")
+        return
+    assert edit.config is not None
+    from edge_agent.config_edit import get_value
+
+    shown = render_value(get_value(edit.config, parse_key(key)))
+    typer.echo(f"{path}: {key} = {shown} (previous file kept as {edit.previous})")
+    typer.echo("apply it: edge-agent reload (or systemctl reload edge-agent)")
+
+
+@config_app.command("get")
+def config_get(
+    key: Annotated[str, typer.Argument(help="Dotted key path: mqtt.port, sensors.0.port.")],
+    config: ConfigOption = None,
+) -> None:
+    """Print one effective value (file, environment overrides and defaults) as TOML."""
+    from edge_agent.config_edit import get_value, parse_key, render_value
+    from edge_agent.errors import ConfigEditError
+
+    cfg = _load(config)
+    try:
+        typer.echo(render_value(get_value(cfg, parse_key(key))))
+    except ConfigEditError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from err
 
 
 @app.command()

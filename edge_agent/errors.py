@@ -77,3 +77,19 @@ class CommandError(EdgeAgentError):
         self.code = code
         self.message = message
         self.details = details
+
+
+class ConfigEditError(EdgeAgentError, ValueError):
+    """A config edit (`config set`, `config.set`) was refused; the file is unchanged.
+
+    Attributes:
+        code: `config_unreadable` (the file cannot be read or parsed), `bad_key` (no such
+            key path, or it crosses a value), or `invalid_config` (the result does not
+            validate).
+        details: One line per problem, each naming its key path where there is one.
+    """
+
+    def __init__(self, code: str, message: str, details: Sequence[str] = ()) -> None:
+        self.code = code
+        self.details = list(details)
+        super().__init__(message)

@@ -22,9 +22,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_agent.config import _set_path, _to_toml, parse_config, render_config
-from edge_agent.durable import write_atomically
-from edge_agent.errors import CommandError, ConfigError
+from edge_agent.config import render_config
+from edge_agent.config_edit import edit_config
+from edge_agent.errors import CommandError, ConfigEditError
 from edge_agent.store.db import dumps, outbox_depth
 
 if TYPE_CHECKING:
@@ -230,27 +230,22 @@ class CommandServer:
             raise CommandError(
                 "not_persistable", "the daemon runs on its embedded default; start it with --config"
             )
+        if any(str(key).split(".")[0] == "device" for key in values):
+            raise CommandError("forbidden", "device identity cannot be changed remotely")
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as err:
-            raise CommandError("config_unreadable", f"{path}: {err}") from err
-        for key, value in values.items():
-            parts = str(key).split(".")
-            if parts[0] in ("device",):
-                raise CommandError("forbidden", "device identity cannot be changed remotely")
-            try:
-                _set_path(data, parts, value)
-            except (KeyError, TypeError) as err:
-                raise CommandError("bad_request", f"cannot set {key!r}") from err
-        try:
-            parse_config(data, source=f"{path} + config.set")
-        except ConfigError as err:
-            raise CommandError(
-                "invalid_config", "rejected; nothing changed", [str(i) for i in err.issues]
-            ) from err
-        write_atomically(path, _to_toml(data), mode=path.stat().st_mode & 0o777)
-        outcome = await self.daemon.reload()
-        return {"persisted": str(path), "changed": sorted(values), "reload": outcome}
+            edit = await asyncio.to_thread(edit_config, path, values)
+        except ConfigEditError as err:
+            code = {"bad_key": "bad_request"}.get(err.code, err.code)
+            message = "rejected; nothing changed" if code == "invalid_config" else str(err)
+            raise CommandError(code, message, err.details or [str(err)]) from err
+        # The reload arms the daemon's confirmation deadline when the broker settings changed.
+        outcome = await self.daemon.reload() if edit.previous is not None else {"ok": True}
+        return {
+            "persisted": str(path),
+            "previous": str(edit.previous) if edit.previous else None,
+            "changed": edit.changed,
+            "reload": outcome,
+        }
 
     async def _sync_flush(self, args: dict[str, Any]) -> dict[str, Any]:
         d = self.daemon
