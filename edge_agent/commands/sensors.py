@@ -197,7 +197,7 @@ class Monitor:
         self, sensor: str, frames: list[Frame], recv_mono: float, recv_wall: float
     ) -> None:
         """LinkSink: keep HELLO layouts, the newest sample and arrival counts."""
-        from firmware_bridge.protocol.v1 import FrameType, ProtocolError
+        from firmware_bridge.protocol.v1 import FrameType, ProtocolError, hello_problem
 
         with self._lock:
             self.frames += len(frames)
@@ -205,7 +205,11 @@ class Monitor:
             for frame in frames:
                 try:
                     if frame.frame_type == FrameType.HELLO:
-                        self.hello[frame.stream_id] = frame.hello()
+                        announced = frame.hello()
+                        problem = hello_problem(announced)
+                        if problem is not None:
+                            raise ProtocolError(f"HELLO refused: {problem}")
+                        self.hello[frame.stream_id] = announced
                     elif frame.frame_type == FrameType.STATUS:
                         st = frame.status()
                         self.status = {

@@ -20,7 +20,14 @@ from edge_agent.inference.bundle import Bundle
 from edge_agent.inference.runtime import Runtime
 from edge_agent.pipeline.clock import DeviceClock
 from edge_agent.pipeline.ring import FloatArray, RingBuffer, WindowCursor, WindowCut
-from firmware_bridge.protocol.v1 import Frame, FrameType, Hello, ProtocolError, Status
+from firmware_bridge.protocol.v1 import (
+    Frame,
+    FrameType,
+    Hello,
+    ProtocolError,
+    Status,
+    hello_problem,
+)
 
 _IMU_HEADER = struct.Struct("<HBB")
 
@@ -127,6 +134,7 @@ class StreamStats:
     gaps: int = 0
     frames_lost: int = 0
     malformed: int = 0
+    hellos_rejected: int = 0
     last_data_mono: float | None = None
 
 
@@ -157,6 +165,7 @@ class SensorStream:
     attached: list[StreamModel] = field(default_factory=list)
     groups: dict[int, RateGroup] = field(default_factory=dict)
     notices: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    refused: str | None = None
 
     def __post_init__(self) -> None:
         self.attached = [self._attach(slot) for slot in self.models]
@@ -195,11 +204,17 @@ class SensorStream:
         try:
             hello = frame.hello()
         except ProtocolError as err:
-            self.stats.malformed += 1
-            self._notice("sensor.bad_hello", "warning", detail=str(err))
+            self._reject(str(err))
             return
         if hello == self.hello:
             return
+        problem = hello_problem(hello)
+        if problem is None and hello.sample_rate_hz == 0 and self.models:
+            problem = "sample rate 0 Hz announces a stream without samples, but models run on it"
+        if problem is not None:
+            self._reject(problem)
+            return
+        self.refused = None
         changed = self.hello is not None
         self.hello = hello
         channels = len(hello.channels)
@@ -226,6 +241,26 @@ class SensorStream:
             channels=[c.name for c in hello.channels],
             layout_changed=changed,
         )
+
+    def _reject(self, reason: str) -> None:
+        """Refuse a HELLO: forget the layout and wait for a good one.
+
+        Samples until then count as arriving before HELLO. The event is sent once per
+        reason; a device repeating the same bad HELLO is only counted.
+        """
+        self.stats.malformed += 1
+        self.stats.hellos_rejected += 1
+        if reason == self.refused:
+            return  # a device repeating the same bad HELLO every few seconds: counted only
+        self.refused = reason
+        self.hello = None
+        self.scales = None
+        self.channels = 0
+        self.groups = {}
+        self.attached = [self._attach(slot) for slot in self.models]
+        for model in self.attached:
+            model.reason = f"waiting for a valid HELLO; the last was refused: {reason}"
+        self._notice("sensor.rejected", "warning", reason=reason)
 
     def _check_model(self, model: StreamModel, hello: Hello) -> None:
         spec = model.slot.bundle.manifest.input
@@ -277,6 +312,9 @@ class SensorStream:
             self.stats.samples_before_hello += sum(
                 _IMU_HEADER.unpack_from(f.payload)[0] for f in frames if len(f.payload) >= 4
             )
+            return []
+        if hello.sample_rate_hz == 0:  # announced as a stream without samples (a camera)
+            self.stats.malformed += len(frames)
             return []
         channels = self.channels
         counts: list[int] = []

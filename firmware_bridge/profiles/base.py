@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from firmware_bridge.protocol.v1 import (
     MAX_PAYLOAD,
+    MIN_SAMPLE_RATE_HZ,
     ChannelInfo,
     Frame,
     FrameType,
@@ -52,7 +53,7 @@ _IMU_HEADER = struct.Struct("<HBB")
 class ProfileConfigBase(BaseModel):
     """Base of every profile's config: unknown keys are errors, as everywhere in the config."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     #: Advertised GATT service that identifies the device family over BLE (None: no default).
     ble_service_uuid: ClassVar[str | None] = None
@@ -67,10 +68,10 @@ class HostTimedConfig(ProfileConfigBase):
 
     rate_hz: float | None = Field(
         default=None,
-        gt=0,
+        ge=MIN_SAMPLE_RATE_HZ,
         le=10_000,
-        description="Output rate configured on the device; learned from the data when unset "
-        "(about a second, longer for rates under 5 Hz).",
+        description="Output rate configured on the device, 0.1..10000 Hz; learned from the "
+        "data when unset (about a second, longer for rates under 5 Hz).",
     )
     device_id: str | None = Field(
         default=None,

@@ -13,6 +13,7 @@ raises on bad input: every rejected byte is accounted for in :class:`DecoderStat
 from __future__ import annotations
 
 import enum
+import math
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
@@ -28,10 +29,15 @@ __all__ = [
     "ESC_END",
     "ESC_ESC",
     "HEADER_SIZE",
+    "MAX_CHANNELS",
     "MAX_CROP_BYTES",
     "MAX_CROP_CHUNK",
     "MAX_FRAME",
     "MAX_PAYLOAD",
+    "MAX_SAMPLE_RATE_HZ",
+    "MAX_SCALE",
+    "MIN_SAMPLE_RATE_HZ",
+    "MIN_SCALE",
     "VERSION",
     "ChannelInfo",
     "CropAssembler",
@@ -52,6 +58,7 @@ __all__ = [
     "encode_frame",
     "face_crop_payloads",
     "hello_payload",
+    "hello_problem",
     "imu_payload",
     "iter_frames",
     "status_payload",
@@ -113,6 +120,17 @@ MAX_CROP_CHUNK = MAX_PAYLOAD - _CROP_HEADER.size
 
 MAX_CROP_BYTES = 1 << 20
 """Largest image a gateway reassembles by default (1 MiB); bigger crops are counted, dropped."""
+
+MIN_SAMPLE_RATE_HZ = 0.1
+"""Slowest sample rate a HELLO may announce (0 exactly marks a stream without samples)."""
+MAX_SAMPLE_RATE_HZ = 20_000.0
+"""Fastest sample rate a HELLO may announce."""
+MAX_CHANNELS = 64
+"""Most channels a HELLO may announce (the wire format would carry 255)."""
+MIN_SCALE = 1e-12
+"""Smallest magnitude of a channel scale (physical value of one LSB)."""
+MAX_SCALE = 1e6
+"""Largest magnitude of a channel scale: int16 × scale stays far inside float32."""
 
 
 class FrameType(enum.IntEnum):
@@ -194,6 +212,46 @@ class Hello:
     firmware: str
     sample_rate_hz: float
     channels: tuple[ChannelInfo, ...]
+
+
+def hello_problem(hello: Hello) -> str | None:
+    """Why a well-formed HELLO still makes no sense, or None when it does.
+
+    A HELLO that passed the CRC and parses can still announce nonsense a receiver must not
+    act on: a NaN, infinite, zero or absurd sample rate (the sample period is ``1 / rate``),
+    no channels or more than :data:`MAX_CHANNELS`, channels without a name or named twice,
+    a scale that is not a finite number within :data:`MIN_SCALE` … :data:`MAX_SCALE` in
+    magnitude. The one exception is a rate of exactly 0, which announces a stream that
+    carries no IMU samples (a camera, §11); receivers refuse IMU_BATCH frames on it.
+
+    Returns:
+        A short reason naming the field and the accepted range.
+    """
+    rate = hello.sample_rate_hz
+    if not math.isfinite(rate) or (
+        rate != 0 and not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ
+    ):
+        return (
+            f"sample rate {rate:g} Hz is outside {MIN_SAMPLE_RATE_HZ:g}..{MAX_SAMPLE_RATE_HZ:g} Hz "
+            "(or 0 for a stream without samples)"
+        )
+    channels = hello.channels
+    if not 1 <= len(channels) <= MAX_CHANNELS:
+        return f"{len(channels)} channels; a HELLO announces 1..{MAX_CHANNELS}"
+    seen: set[str] = set()
+    for index, channel in enumerate(channels):
+        if not channel.name.strip():
+            return f"channel {index} has no name"
+        if channel.name in seen:
+            return f"channel name {channel.name[:32]!r} appears twice"
+        seen.add(channel.name)
+        scale = channel.scale
+        if not math.isfinite(scale) or not MIN_SCALE <= abs(scale) <= MAX_SCALE:
+            return (
+                f"channel {channel.name[:32]!r} has scale {scale:g}; a scale is a finite "
+                f"number with magnitude {MIN_SCALE:g}..{MAX_SCALE:g}"
+            )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
