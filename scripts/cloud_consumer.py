@@ -1,7 +1,7 @@
 """Reference cloud consumer: subscribe to a fleet's telemetry, check it, store it, report.
 
 Every message under `<prefix>/+/+/+/#` is decoded (zlib payloads included), validated
-against the payload models of `edge_agent.sync.payloads`, and stored in a SQLite file when
+against the payload models of `edge_agent.contract.payloads`, and stored in a SQLite file when
 it is new; duplicates (a `msg_id` seen before), conflicts (a seq reused by a different
 message) and rejected payloads (with the reason) are kept too. On exit (SIGINT, SIGTERM,
 `--duration`, `--idle-exit`) it prints a JSON report: per gateway and topic, gaps,

@@ -55,7 +55,7 @@ from paho.mqtt.properties import Properties
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the broker helpers live with the tests
 
-from edge_agent.sync.payloads import decode_payload  # noqa: E402
+from edge_agent.contract.payloads import decode_payload  # noqa: E402
 from tests.broker import free_port, wait_for  # noqa: E402
 
 MAX_AGENTS = 200

@@ -1,6 +1,6 @@
 """Write the JSON Schemas of the uplink payloads and list them in docs/mqtt.md.
 
-The schemas are generated from the pydantic models in `edge_agent/sync/payloads.py`, so the
+The schemas are generated from the pydantic models in `edge_agent/contract/payloads.py`, so the
 documented contract and the code that checks it cannot drift apart:
 
     python scripts/gen_mqtt_schemas.py           # write docs/schemas/*.json, refresh the doc
@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from edge_agent.sync.payloads import EVENT_BODIES, PAYLOADS, Envelope, json_schemas
+from edge_agent.contract.payloads import EVENT_BODIES, PAYLOADS, Envelope, json_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
 START = "<!-- schemas:start -->"
@@ -43,7 +43,7 @@ def doc_section() -> str:
         START,
         "## JSON Schemas",
         "",
-        "Generated from `edge_agent/sync/payloads.py` by `python scripts/gen_mqtt_schemas.py`;",
+        "Generated from `edge_agent/contract/payloads.py` by `python scripts/gen_mqtt_schemas.py`;",
         "do not edit between these markers (`--check` fails when they are stale). Each schema",
         "is JSON Schema draft 2020-12 and includes the envelope.",
         "",
@@ -67,7 +67,7 @@ def doc_section() -> str:
         "Evolution: keys may be added to any payload in later versions, so the schemas allow",
         "additional properties and a consumer must ignore keys it does not know. Keys are",
         "never renamed or removed, and their types never change, without a new topic kind.",
-        "In Python, `edge_agent.sync.payloads.decode_payload(raw, content_encoding)` undoes",
+        "In Python, `edge_agent.contract.payloads.decode_payload(raw, content_encoding)` undoes",
         "the optional zlib compression of `results` and `parse_payload(kind, message)`",
         "validates; `scripts/cloud_consumer.py` does both for a whole fleet, stores what it",
         "receives in SQLite and reports gaps and duplicates per gateway and topic.",

@@ -23,10 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edge_agent.inference.bundle import shipped_models_dir
-from edge_agent.store.db import Store, Txn, enqueue
-from edge_agent.store.retention import enforce_limits
-from edge_agent.sync.payloads import (
+from edge_agent.contract.payloads import (
     KINDS,
     EventPayload,
     PayloadError,
@@ -35,6 +32,9 @@ from edge_agent.sync.payloads import (
     parse_payload,
     undocumented_keys,
 )
+from edge_agent.inference.bundle import shipped_models_dir
+from edge_agent.store.db import Store, Txn, enqueue
+from edge_agent.store.retention import enforce_limits
 from firmware_bridge.emulator import CsvRecording, DeviceEmulator
 from tests.broker import Mosquitto, wait_for
 from tests.daemon_proc import start_daemon, stop_daemon, write_config

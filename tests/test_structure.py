@@ -249,6 +249,22 @@ def test_firmware_bridge_imports_nothing_of_edge_agent(modules: dict[str, Path])
     assert not found, "\n".join(sorted(set(found)))
 
 
+def test_the_contract_package_imports_nothing_of_the_daemon(
+    graph: dict[str, dict[str, Import]],
+) -> None:
+    """The reference consumer runs without the gateway: `edge_agent.contract` uses only
+    itself and the error tree."""
+    allowed = ("edge_agent.contract", "edge_agent.errors", "edge_agent")
+    wrong = [
+        str(edge)
+        for source, edges in sorted(graph.items())
+        if source == "edge_agent.contract" or source.startswith("edge_agent.contract.")
+        for target, edge in sorted(edges.items())
+        if not (target in allowed or target.startswith("edge_agent.contract."))
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_only_the_runner_imports_the_composition_root(
     graph: dict[str, dict[str, Import]],
 ) -> None:
