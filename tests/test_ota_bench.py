@@ -6,7 +6,7 @@ fast is the benchmark's business.
 
 from __future__ import annotations
 
-from edge_agent.ota.bench import bench_hot_swap
+from edge_agent.bench.ota import bench_hot_swap
 
 
 def test_bench_hot_swap_reports_its_figures() -> None:

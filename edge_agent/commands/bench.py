@@ -31,7 +31,7 @@ def bench(
     process per phase, so nothing else is counted in its CPU and memory. Targets are
     reported beside the figures, not enforced; docs/benchmarks.md explains each figure.
     """
-    from edge_agent.bench import format_table, run_bench
+    from edge_agent.bench.run import format_table, run_bench
 
     try:
         if profile is not None:

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import socket
 import sqlite3
 import statistics
 import tempfile
@@ -32,17 +31,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edge_agent.bench.harness import MODEL, free_port
 from edge_agent.config import AgentConfig, parse_config
 from edge_agent.inference.bundle import Bundle, find_bundle, shipped_models_dir, write_manifest
 from edge_agent.inference.runtime import open_runtime
-
-MODEL = "imu-activity"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _copy_as(bundle: Bundle, root: Path, version: str) -> Bundle:
@@ -61,7 +53,7 @@ def _config(tmp: Path, ttys: list[str]) -> AgentConfig:
     return parse_config(
         {
             "device": {"id": "bench-ota"},
-            "mqtt": {"port": _free_port(), "reconnect_min_s": 1.0, "reconnect_max_s": 5.0},
+            "mqtt": {"port": free_port(), "reconnect_min_s": 1.0, "reconnect_max_s": 5.0},
             "storage": {"path": str(tmp / "bench.db")},
             "logging": {"level": "WARNING", "show_results": False},
             "sync": {"summary_interval_s": 3600.0},
@@ -167,7 +159,7 @@ def bench_hot_swap(swaps: int = 20, sensors: int = 2, interval_s: float = 0.05) 
 
 
 def main() -> None:
-    """Print the figures as JSON (`python -m edge_agent.ota.bench`)."""
+    """Print the figures as JSON (`python -m edge_agent.bench.ota`)."""
     print(json.dumps(bench_hot_swap(), indent=2))
 
 
