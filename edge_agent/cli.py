@@ -39,7 +39,8 @@ def _load(path: Path | None) -> AgentConfig:
         return load_config(path)
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
-        typer.echo("fix the keys above, then run `edge-agent config validate PATH`", err=True)
+        if any(issue.path for issue in err.issues):
+            typer.echo("fix the keys above, then run `edge-agent config validate PATH`", err=True)
         raise typer.Exit(EXIT_CONFIG) from err
 
 
@@ -57,6 +58,9 @@ def config_validate(path: Annotated[Path, typer.Argument(help="Config file to ch
     try:
         cfg = load_config(path)
     except ConfigError as err:
+        if len(err.issues) == 1 and not err.issues[0].path:
+            typer.echo(f"error: {err}", err=True)  # the file itself: unreadable, not UTF-8, ...
+            raise typer.Exit(EXIT_CONFIG) from err
         typer.echo(f"{err.source}: {len(err.issues)} error(s)", err=True)
         for issue in err.issues:
             typer.echo(f"  {issue}", err=True)

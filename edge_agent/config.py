@@ -8,16 +8,29 @@ Environment overrides use `EDGE_AGENT_<SECTION>__<KEY>` (list items by index:
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 import os
+import re
 import socket
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.errors import ConfigError, ConfigIssue
 from firmware_bridge.profiles import ProfileConfig, available_profiles, default_profile
@@ -27,9 +40,42 @@ ENV_SEPARATOR = "__"
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are checked on assignment."""
+    """Base of every config section: unknown keys are errors, values are checked on assignment.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    No key means NaN or an infinity, so numbers must be finite everywhere.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
+
+
+def _host(value: str) -> str:
+    """A broker host: an empty or blank one ends the MQTT client, so it is refused here."""
+    if not value or any(c.isspace() for c in value) or "/" in value:
+        raise ValueError(
+            "must be a host name or address (e.g. broker.lan, 10.0.0.5, ::1): "
+            "not empty, no spaces, no slashes"
+        )
+    return value
+
+
+def _path_text(value: Any) -> Any:
+    """A path given as text must name something: "" would silently mean the current directory."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("must not be empty; give a file or directory path")
+        if "\x00" in value:
+            raise ValueError("must not hold a NUL character")
+    return value
+
+
+Host = Annotated[str, AfterValidator(_host)]
+"""A host name or address: not empty, no white space."""
+FilePath = Annotated[Path, BeforeValidator(_path_text)]
+"""A path that is not empty (Path("") would be the current directory)."""
+DeviceText = Annotated[str, BeforeValidator(_path_text)]
+"""A device path kept as text (a serial port): not blank."""
 
 
 def _default_device_id() -> str:
@@ -56,7 +102,11 @@ class DeviceConfig(Section):
 class MqttConfig(Section):
     """Connection to the MQTT broker that carries telemetry to the cloud."""
 
-    host: str = Field(default="127.0.0.1", description="Broker host name or address.")
+    host: Host = Field(
+        default="127.0.0.1",
+        max_length=253,
+        description="Broker host name or address; not empty, no spaces.",
+    )
     port: int = Field(default=1883, ge=1, le=65535, description="Broker TCP port.")
     topic_prefix: str = Field(
         default="edge",
@@ -77,27 +127,33 @@ class MqttConfig(Section):
         default=64, ge=1, le=65535, description="QoS 1 messages awaiting PUBACK at once."
     )
     reconnect_min_s: float = Field(
-        default=0.5, gt=0, description="First reconnect delay; doubles per failure (jittered)."
+        default=0.5,
+        ge=0.01,
+        le=3600,
+        description="First reconnect delay, 0.01..3600 s; doubles per failure (jittered).",
     )
-    reconnect_max_s: float = Field(default=30.0, gt=0, description="Cap of the reconnect delay.")
+    reconnect_max_s: float = Field(
+        default=30.0, ge=0.01, le=3600, description="Cap of the reconnect delay, 0.01..3600 s."
+    )
     max_messages_per_s: float = Field(
         default=500.0,
-        gt=0,
-        description="Drain rate limit, so a fleet reconnecting after an outage does not storm "
-        "the broker (token bucket; bursts up to max_inflight).",
+        ge=1,
+        le=1e9,
+        description="Drain rate limit, at least 1 message/s, so a fleet reconnecting after an "
+        "outage does not storm the broker (token bucket; bursts up to max_inflight).",
     )
-    password_file: Path | None = Field(
+    password_file: FilePath | None = Field(
         default=None,
         description="File holding the broker password (first line); wins over `password`.",
     )
     tls: bool = Field(default=False, description="Connect with TLS, verifying the server.")
-    ca_file: Path | None = Field(
+    ca_file: FilePath | None = Field(
         default=None, description="CA bundle that signed the broker's certificate (PEM)."
     )
-    cert_file: Path | None = Field(
+    cert_file: FilePath | None = Field(
         default=None, description="Client certificate for mutual TLS (PEM)."
     )
-    key_file: Path | None = Field(default=None, description="Client private key (PEM).")
+    key_file: FilePath | None = Field(default=None, description="Client private key (PEM).")
     require_tls: bool = Field(
         default=False, description="Refuse to start with a plaintext broker connection."
     )
@@ -134,13 +190,23 @@ class SyncConfig(Section):
     """What goes upstream and how often."""
 
     heartbeat_interval_s: float = Field(
-        default=30.0, gt=0, description="Seconds between heartbeats."
+        default=30.0,
+        ge=1,
+        le=86_400,
+        description="Seconds between heartbeats, 1..86400 (shorter would flood the broker).",
     )
     summary_interval_s: float = Field(
-        default=60.0, gt=0, description="Length of each per-sensor summary interval in seconds."
+        default=60.0,
+        ge=1,
+        le=86_400,
+        description="Length of each per-sensor summary interval, 1..86400 s (one message per "
+        "sensor and model per interval).",
     )
     results_interval_s: float = Field(
-        default=1.0, gt=0, description="Window results are batched into one message this often."
+        default=1.0,
+        ge=0.1,
+        le=3600,
+        description="Window results are batched into one message this often, 0.1..3600 s.",
     )
     results_per_message: int = Field(
         default=500, ge=1, le=100_000, description="Most window results in one message."
@@ -155,7 +221,9 @@ class SyncConfig(Section):
 class StorageConfig(Section):
     """The local SQLite store: results, summaries, events and the outbox."""
 
-    path: Path = Field(default=Path("edge-agent.db"), description="SQLite database file.")
+    path: FilePath = Field(
+        default=Path("edge-agent.db"), description="SQLite database file (not empty)."
+    )
     synchronous: Literal["NORMAL", "FULL"] = Field(
         default="NORMAL",
         description="NORMAL survives a process crash; FULL also survives power loss (slower).",
@@ -163,11 +231,15 @@ class StorageConfig(Section):
     max_bytes: int = Field(
         default=256 * 1024 * 1024,
         ge=1024 * 1024,
-        description="Cap of the database's used size; above it the oldest data is evicted in "
-        "the documented order (docs/reliability.md).",
+        le=1 << 50,
+        description="Cap of the database's used size (1 MiB..1 PiB); above it the oldest "
+        "data is evicted in the documented order (docs/reliability.md).",
     )
     max_age_days: float = Field(
-        default=30.0, gt=0, description="Local history and unsent messages older than this go."
+        default=30.0,
+        ge=0.01,
+        le=36_500,
+        description="Local history and unsent messages older than this go (0.01..36500 days).",
     )
     commit_interval_ms: float = Field(
         default=0.0,
@@ -180,7 +252,7 @@ class StorageConfig(Section):
 class ModelsConfig(Section):
     """Where model bundles are found."""
 
-    dirs: list[Path] = Field(
+    dirs: list[FilePath] = Field(
         default_factory=list,
         description="Directories holding <name>/<version>/manifest.json bundles, searched in "
         "order before the bundles shipped with edge-agent.",
@@ -196,7 +268,7 @@ class OtaConfig(Section):
         "keygen` prints them) whose signatures are accepted. List the old and the new key "
         "while rotating. Empty: every update is refused.",
     )
-    install_dir: Path | None = Field(
+    install_dir: FilePath | None = Field(
         default=None,
         description="Where installed versions and the active-version state live "
         "(<install_dir>/<name>/<version>/); default: `ota/` beside the database.",
@@ -206,7 +278,7 @@ class OtaConfig(Section):
         description="Accept plain http:// URLs (the signature still protects the content, but "
         "not against replay or eavesdropping). https and file:// are always accepted.",
     )
-    ca_file: Path | None = Field(
+    ca_file: FilePath | None = Field(
         default=None,
         description="CA bundle (PEM) that verifies https download servers; default: the "
         "system's CA store.",
@@ -214,12 +286,14 @@ class OtaConfig(Section):
     max_bundle_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024,
+        le=1 << 40,
         description="Largest bundle archive accepted, and the largest total size of its "
         "unpacked files.",
     )
     inline_max_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=1024,
+        le=1 << 32,
         description="Largest bundle accepted in chunks over MQTT (`model.chunk`), for sites "
         "without https access.",
     )
@@ -243,6 +317,7 @@ class OtaConfig(Section):
     latency_budget_ms: float = Field(
         default=50.0,
         gt=0,
+        le=600_000,
         description="Most a new version may take for one window (median of the staging runs, "
         "and median time per window of its calls during probation).",
     )
@@ -254,11 +329,13 @@ class OtaConfig(Section):
     probation_windows: int = Field(
         default=100,
         ge=0,
+        le=10_000_000,
         description="Windows a new version must process before it is confirmed (0: no minimum).",
     )
     probation_s: float = Field(
         default=60.0,
         ge=0,
+        le=30 * 86_400,
         description="Seconds a new version stays on probation at least (0: no minimum). With "
         "both at 0 a new version is confirmed at once.",
     )
@@ -336,13 +413,14 @@ class SerialSensorConfig(SensorBase):
     """An IMU on a serial port (UART or USB-CDC) speaking protocol v1."""
 
     link: Literal["serial"] = Field(description="Link kind.")
-    port: str = Field(
+    port: DeviceText = Field(
         min_length=1,
         description="Serial device; prefer a stable /dev/serial/by-id/... path.",
     )
     baudrate: int | None = Field(
         default=None,
         gt=0,
+        le=20_000_000,
         description="Baud rate (ignored by USB-CDC); default: the profile's usual rate "
         "(9600 for witmotion), else 921600.",
     )
@@ -393,6 +471,16 @@ class BleSensorConfig(SensorBase):
         "over all BLE sensors applies); further sensors wait for a free slot.",
     )
 
+    @field_validator("name_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"not a regular expression: {err}") from err
+        return value
+
     @model_validator(mode="after")
     def _findable(self) -> BleSensorConfig:
         if not (self.address or self.name_pattern or self.service_uuid):
@@ -404,7 +492,7 @@ class EmulatedSensorConfig(SensorBase):
     """A device emulator on a pseudo-terminal, read through pyserial like real hardware."""
 
     link: Literal["emulated"] = Field(description="Link kind.")
-    recording: Path | None = Field(
+    recording: FilePath | None = Field(
         default=None,
         description="CSV recording to play (default: the shipped model's held-out recording).",
     )
@@ -412,15 +500,21 @@ class EmulatedSensorConfig(SensorBase):
         default=False, description="Play the synthetic motion generator instead of a recording."
     )
     rate_hz: float | None = Field(
-        default=None, gt=0, description="Sample rate (default: the recording's own rate)."
+        default=None,
+        ge=0.1,
+        le=20_000,
+        description="Sample rate, 0.1..20000 Hz (default: the recording's own rate).",
     )
     device_id: str | None = Field(
         default=None, description="Device id the emulator announces (default: the sensor name)."
     )
     start_offset_s: float = Field(
-        default=0.0, ge=0, description="Seconds into the recording to start playing from."
+        default=0.0,
+        ge=0,
+        le=10_000_000,
+        description="Seconds into the recording to start playing from.",
     )
-    capture: Path | None = Field(
+    capture: FilePath | None = Field(
         default=None,
         description="Replay a raw capture made by `edge-agent record` instead (its profile is "
         "used unless `profile` is set).",
@@ -466,6 +560,33 @@ class CommandsConfig(Section):
         default_factory=list,
         description="Commands refused even when `allow` matches (names or patterns).",
     )
+    max_request_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest request accepted, in bytes (MQTT payload or control-socket line); "
+        "bigger ones are answered `too_large` without being parsed.",
+    )
+    max_chunk_request_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest `model.chunk` request (a base64 piece of a bundle sent over MQTT); "
+        "the whole bundle is bounded by ota.inline_max_bytes.",
+    )
+    rate_per_s: float = Field(
+        default=20.0,
+        ge=0.1,
+        le=10_000,
+        description="Requests per second this gateway answers over MQTT, sustained (token "
+        "bucket); more are answered `rate_limited` with the seconds to wait.",
+    )
+    burst: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="Requests accepted back to back before `rate_per_s` applies.",
+    )
 
     def permits(self, name: str) -> bool:
         """Whether the command `name` may run here."""
@@ -489,7 +610,7 @@ class LoggingConfig(Section):
 class ServiceConfig(Section):
     """Running as a service: the systemd watchdog and the local control socket."""
 
-    control_socket: Path | None = Field(
+    control_socket: FilePath | None = Field(
         default=None,
         description="Unix socket (mode 0660) answering `edge-agent status`, `tail` and `reload`; "
         "default: beside the database, `<storage.path without suffix>.sock`. The systemd "
@@ -497,14 +618,14 @@ class ServiceConfig(Section):
     )
     stall_timeout_s: float = Field(
         default=10.0,
-        gt=0,
+        ge=0.5,
         le=3600,
         description="Work waiting with no progress for this long means the pipeline is stuck: "
         "watchdog pings stop, so systemd restarts the service (idle sensors are not a stall).",
     )
     status_interval_s: float = Field(
         default=5.0,
-        gt=0,
+        ge=0.1,
         le=3600,
         description="How often the one-line state shown by `systemctl status` is refreshed.",
     )
@@ -537,12 +658,12 @@ class FacesConfig(Section):
         description="Candidates computed per decision; more than 1 adds the runners-up (ids and "
         "scores, never embeddings) to `face.match` / `face.unknown` events.",
     )
-    gallery_path: Path | None = Field(
+    gallery_path: FilePath | None = Field(
         default=None,
         description="Encrypted gallery database (default: beside storage.path, "
         "`<storage.path without suffix>.faces.db`).",
     )
-    key_file: Path | None = Field(
+    key_file: FilePath | None = Field(
         default=None,
         description="File (mode 0600) holding the gallery's AES-256 key; unset: the systemd "
         "credential named by `key_credential`. Make one with `edge-agent faces keygen PATH`.",
@@ -626,15 +747,23 @@ class AgentConfig(Section):
 
 
 def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
-    """Set `value` at a nested key path, creating tables and indexing lists by number."""
+    """Set `value` at a nested key path, creating tables and indexing lists by number.
+
+    A list index may name an entry or the next one (appending it), never further: a
+    variable like `EDGE_AGENT_SENSORS__999999999__PORT` must not build a billion entries.
+
+    Raises:
+        KeyError: a list index that is not a number or lies past the end.
+        TypeError: the path crosses a value that is not a table or a list.
+    """
     node: Any = data
     for i, key in enumerate(keys):
         last = i == len(keys) - 1
         if isinstance(node, list):
-            if not key.isdigit():
+            if not key.isdigit() or int(key) > len(node):
                 raise KeyError(key)
             index = int(key)
-            while len(node) <= index:
+            if index == len(node):
                 node.append({})
             if last:
                 node[index] = value
@@ -655,18 +784,22 @@ def _parse_env_value(raw: str) -> Any:
     if stripped.startswith(("[", "{")):
         try:
             return json.loads(stripped)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return raw
     return raw
 
 
-def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
-    """Merge `EDGE_AGENT_SECTION__KEY=value` variables into raw config data.
+def _apply_env(
+    data: dict[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """Merge the override variables into `data`.
 
     Returns:
-        The dotted key paths that were overridden (for logging and `config show`).
+        Dotted key path → the variable that set it, and the variables that could not be
+        applied (a list index past the end, a path through a value).
     """
-    applied: list[str] = []
+    applied: dict[str, str] = {}
+    refused: list[str] = []
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or ENV_SEPARATOR not in name:
             continue
@@ -681,9 +814,30 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> lis
         try:
             _set_path(data, keys, _parse_env_value(raw))
         except (KeyError, TypeError):
+            refused.append(name)
             continue
-        applied.append(".".join(keys))
-    return applied
+        applied[".".join(keys)] = name
+    return applied, refused
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Merge `EDGE_AGENT_SECTION__KEY=value` variables into raw config data.
+
+    Variables whose path cannot be applied (a list index past the end) are skipped here;
+    `parse_config` reports them.
+
+    Returns:
+        The dotted key paths that were overridden (for logging and `config show`).
+    """
+    return list(_apply_env(data, environ)[0])
+
+
+def _from_env(path: str, applied: Mapping[str, str]) -> str | None:
+    """The variable behind an issue at `path`, if an override set it (or a part of it)."""
+    for key, variable in applied.items():
+        if path == key or path.startswith(key + ".") or (path and key.startswith(path + ".")):
+            return variable
+    return None
 
 
 def _issues_from(err: ValidationError) -> list[ConfigIssue]:
@@ -716,34 +870,90 @@ def parse_config(
     Raises:
         ConfigError: listing every problem with its key path.
     """
-    data = dict(data)
-    apply_env_overrides(data, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    if any(name.startswith(ENV_PREFIX) for name in environ):
+        data = copy.deepcopy(data)  # overrides must not reach into the caller's tables
+    else:
+        data = dict(data)
+    applied, refused = _apply_env(data, environ)
+    issues = [
+        ConfigIssue(
+            name[len(ENV_PREFIX) :].lower().replace(ENV_SEPARATOR, "."),
+            f"environment variable {name}: no such list entry or table to set",
+        )
+        for name in refused
+    ]
     try:
-        return AgentConfig.model_validate(data)
+        config = AgentConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(source, _issues_from(err)) from err
+        issues += _issues_from(err)
+    else:
+        if not issues:
+            return config
+    variables: list[str] = []
+    for i, issue in enumerate(issues):
+        variable = _from_env(issue.path, applied)
+        if variable is not None:
+            issues[i] = ConfigIssue(issue.path, f"{issue.message} (from {variable})")
+            variables.append(variable)
+    from_env = len(variables) + len(refused) == len(issues)
+    if from_env:
+        source = "environment variable " + ", ".join(sorted({*variables, *refused}))
+    raise ConfigError(source, issues)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config file read (1 MiB): anything bigger is not a config file."""
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML table of a config file.
+
+    Raises:
+        ConfigError: one line naming the file: missing, not a regular file, unreadable,
+            too big, not UTF-8 (with the line of the first bad byte) or not TOML.
+    """
+    source = str(path)
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(source, [ConfigIssue("", message)])
+
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise fail("not a regular file")
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError as err:
+        raise fail("file not found") from err
+    except OSError as err:
+        raise fail(f"cannot read: {err.strerror or err}") from err
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise fail(f"larger than {MAX_CONFIG_BYTES // 1024} KiB; not a config file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise fail(
+            f"not UTF-8 text: byte 0x{raw[err.start]:02x} on line {line} (save it as UTF-8)"
+        ) from err
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise fail(f"not valid TOML: {err}") from err
+    except RecursionError as err:
+        raise fail("not valid TOML: arrays or tables nested too deeply") from err
 
 
 def load_config(path: Path | None, *, environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Load a TOML config file, or the embedded default when `path` is None.
 
     Raises:
-        ConfigError: the file is missing, is not TOML, or has invalid values.
+        ConfigError: the file is missing, unreadable, not UTF-8, not TOML, or has invalid
+            values (an invalid value set by an environment override names the variable).
     """
     if path is None:
         return parse_config({}, source="embedded default", environ=environ)
-    source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise ConfigError(source, [ConfigIssue("", "file not found")]) from err
-    except OSError as err:
-        raise ConfigError(source, [ConfigIssue("", f"cannot read: {err.strerror}")]) from err
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(source, [ConfigIssue("", f"not valid TOML: {err}")]) from err
-    return parse_config(data, source=source, environ=environ)
+    return parse_config(read_config_file(path), source=str(path), environ=environ)
 
 
 def render_config(config: AgentConfig) -> str:

@@ -37,6 +37,10 @@ class ConfigError(EdgeAgentError, ValueError):
     def __init__(self, source: str, issues: Sequence[ConfigIssue]) -> None:
         self.source = source
         self.issues = list(issues)
+        if len(self.issues) == 1 and not self.issues[0].path:
+            # A file that cannot be read at all: one line naming it.
+            super().__init__(f"{source}: {self.issues[0].message}")
+            return
         lines = "\n".join(f"  {issue}" for issue in self.issues)
         super().__init__(f"invalid configuration in {source}:\n{lines}")
 

@@ -40,7 +40,8 @@ def run_with_config(path: Path | None) -> int:
         cfg = load_config(path)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
-        print("fix the keys above, then run `edge-agent config validate PATH`", file=sys.stderr)
+        if any(issue.path for issue in err.issues):
+            print("fix the keys above, then run `edge-agent config validate PATH`", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(cfg.logging.level)
     logging.getLogger("edge_agent").info(

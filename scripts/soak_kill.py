@@ -59,7 +59,7 @@ def write_config(path: Path, port: int, db: Path, ttys: list[str], inflight: int
         f'[device]\nid = "{DEVICE}"\ntenant = "t"\nsite = "s"',
         f"[mqtt]\nport = {port}\nreconnect_min_s = 0.1\nreconnect_max_s = 0.5\n"
         f"max_inflight = {inflight}",
-        "[sync]\nheartbeat_interval_s = 0.3\nsummary_interval_s = 0.5\nresults_interval_s = 0.1\n"
+        "[sync]\nheartbeat_interval_s = 1.0\nsummary_interval_s = 1.0\nresults_interval_s = 0.1\n"
         "upload_results = true",
         # Large caps: the soak checks loss, so nothing may be dropped by policy.
         f'[storage]\npath = "{db}"\nmax_bytes = {4 << 30}',

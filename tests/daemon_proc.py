@@ -36,7 +36,7 @@ def write_config(
         "device": {"id": device, "tenant": "t1", "site": "s1"},
         "mqtt": {"port": mqtt_port, "reconnect_max_s": 1.0},
         "sync": {
-            "heartbeat_interval_s": 0.5,
+            "heartbeat_interval_s": 1.0,
             "summary_interval_s": 1.0,
             "results_interval_s": 0.2,
             "upload_results": True,

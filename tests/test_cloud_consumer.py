@@ -102,8 +102,8 @@ def _daemon_config(tmp: Path, port: int, emus: list[DeviceEmulator], device: str
         sections={
             "mqtt": {"reconnect_min_s": 0.1},
             "sync": {
-                "heartbeat_interval_s": 0.3,
-                "summary_interval_s": 0.5,
+                "heartbeat_interval_s": 1.0,
+                "summary_interval_s": 1.0,
                 "results_interval_s": 0.1,
                 "upload_results": True,
             },

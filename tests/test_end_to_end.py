@@ -55,7 +55,7 @@ def _write_config(path: Path, port: int, db: Path, sensors: dict[str, str], devi
         "[mqtt]",
         f"port = {port}",
         "[sync]",
-        "heartbeat_interval_s = 0.5",
+        "heartbeat_interval_s = 1.0",
         "summary_interval_s = 1.0",
         "results_interval_s = 0.2",
         "upload_results = true",

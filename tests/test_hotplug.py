@@ -42,7 +42,7 @@ def agent_config(tmp_path: Path, port: int, sensors: list[dict[str, Any]]) -> Ag
             "mqtt": {"port": port, "reconnect_max_s": 1.0},
             "storage": {"path": str(tmp_path / "agent.db")},
             "logging": {"show_results": False},
-            "sync": {"heartbeat_interval_s": 0.5, "summary_interval_s": 3600.0},
+            "sync": {"heartbeat_interval_s": 1.0, "summary_interval_s": 3600.0},
             "service": {"control_socket": str(tmp_path / "agent.sock")},
             "sensors": [{"models": [], **s} for s in sensors],
         },

@@ -128,8 +128,8 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Raw]]:
                     sections={
                         "mqtt": {"compress_results": True, "reconnect_min_s": 0.1},
                         "sync": {
-                            "heartbeat_interval_s": 0.3,
-                            "summary_interval_s": 0.5,
+                            "heartbeat_interval_s": 1.0,
+                            "summary_interval_s": 1.0,
                             "results_interval_s": 0.1,
                             "upload_results": True,
                         },

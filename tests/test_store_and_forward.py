@@ -40,7 +40,7 @@ def _config(path: Path, port: int, db: Path, emus: dict[str, DeviceEmulator], de
     lines = [
         f'[device]\nid = "{device}"\ntenant = "t"\nsite = "s"',
         f"[mqtt]\nport = {port}\nreconnect_min_s = 0.1\nreconnect_max_s = 0.5",
-        "[sync]\nheartbeat_interval_s = 0.3\nsummary_interval_s = 0.5\nresults_interval_s = 0.1\n"
+        "[sync]\nheartbeat_interval_s = 1.0\nsummary_interval_s = 1.0\nresults_interval_s = 0.1\n"
         "upload_results = true",
         f'[storage]\npath = "{db}"',
         "[logging]\nshow_results = false",
