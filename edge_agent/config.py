@@ -14,16 +14,12 @@ import json
 import os
 import re
 import socket
-import stat
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -32,11 +28,16 @@ from pydantic import (
     model_validator,
 )
 
+from edge_agent.config_sources import (
+    ENV_PREFIX,
+    ENV_SEPARATOR,
+    apply_env,
+    read_config_file,
+    variable_for,
+)
+from edge_agent.config_types import DeviceText, FilePath, Host
 from edge_agent.errors import ConfigError, ConfigIssue
 from firmware_bridge.profiles import ProfileConfig, available_profiles, default_profile
-
-ENV_PREFIX = "EDGE_AGENT_"
-ENV_SEPARATOR = "__"
 
 
 class Section(BaseModel):
@@ -48,34 +49,6 @@ class Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
     )
-
-
-def _host(value: str) -> str:
-    """A broker host: an empty or blank one ends the MQTT client, so it is refused here."""
-    if not value or any(c.isspace() for c in value) or "/" in value:
-        raise ValueError(
-            "must be a host name or address (e.g. broker.lan, 10.0.0.5, ::1): "
-            "not empty, no spaces, no slashes"
-        )
-    return value
-
-
-def _path_text(value: Any) -> Any:
-    """A path given as text must name something: "" would silently mean the current directory."""
-    if isinstance(value, str):
-        if not value.strip():
-            raise ValueError("must not be empty; give a file or directory path")
-        if "\x00" in value:
-            raise ValueError("must not hold a NUL character")
-    return value
-
-
-Host = Annotated[str, AfterValidator(_host)]
-"""A host name or address: not empty, no white space."""
-FilePath = Annotated[Path, BeforeValidator(_path_text)]
-"""A path that is not empty (Path("") would be the current directory)."""
-DeviceText = Annotated[str, BeforeValidator(_path_text)]
-"""A device path kept as text (a serial port): not blank."""
 
 
 def _default_device_id() -> str:
@@ -746,80 +719,6 @@ class AgentConfig(Section):
         return self.mqtt.client_id or f"edge-agent-{self.device.tenant}-{self.device.id}"
 
 
-def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
-    """Set `value` at a nested key path, creating tables and indexing lists by number.
-
-    A list index may name an entry or the next one (appending it), never further: a
-    variable like `EDGE_AGENT_SENSORS__999999999__PORT` must not build a billion entries.
-
-    Raises:
-        KeyError: a list index that is not a number or lies past the end.
-        TypeError: the path crosses a value that is not a table or a list.
-    """
-    node: Any = data
-    for i, key in enumerate(keys):
-        last = i == len(keys) - 1
-        if isinstance(node, list):
-            if not key.isdigit() or int(key) > len(node):
-                raise KeyError(key)
-            index = int(key)
-            if index == len(node):
-                node.append({})
-            if last:
-                node[index] = value
-            else:
-                node = node[index]
-            continue
-        if last:
-            node[key] = value
-        else:
-            if key not in node or not isinstance(node[key], dict | list):
-                node[key] = [] if keys[i + 1].isdigit() else {}
-            node = node[key]
-
-
-def _parse_env_value(raw: str) -> Any:
-    """Environment values are strings; JSON lists and tables are accepted for structured keys."""
-    stripped = raw.strip()
-    if stripped.startswith(("[", "{")):
-        try:
-            return json.loads(stripped)
-        except (json.JSONDecodeError, RecursionError):
-            return raw
-    return raw
-
-
-def _apply_env(
-    data: dict[str, Any], environ: Mapping[str, str]
-) -> tuple[dict[str, str], list[str]]:
-    """Merge the override variables into `data`.
-
-    Returns:
-        Dotted key path → the variable that set it, and the variables that could not be
-        applied (a list index past the end, a path through a value).
-    """
-    applied: dict[str, str] = {}
-    refused: list[str] = []
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or ENV_SEPARATOR not in name:
-            continue
-        keys = [part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_SEPARATOR)]
-        if any(not key for key in keys):
-            continue
-        if keys[0] == "sensors" and "sensors" not in data:
-            # Overriding one sensor of the embedded default starts from that default.
-            data["sensors"] = [
-                s.model_dump(mode="json", exclude_defaults=True) for s in _default_sensors()
-            ]
-        try:
-            _set_path(data, keys, _parse_env_value(raw))
-        except (KeyError, TypeError):
-            refused.append(name)
-            continue
-        applied[".".join(keys)] = name
-    return applied, refused
-
-
 def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
     """Merge `EDGE_AGENT_SECTION__KEY=value` variables into raw config data.
 
@@ -829,15 +728,11 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> lis
     Returns:
         The dotted key paths that were overridden (for logging and `config show`).
     """
-    return list(_apply_env(data, environ)[0])
+    return list(apply_env(data, environ, _default_sensor_tables)[0])
 
 
-def _from_env(path: str, applied: Mapping[str, str]) -> str | None:
-    """The variable behind an issue at `path`, if an override set it (or a part of it)."""
-    for key, variable in applied.items():
-        if path == key or path.startswith(key + ".") or (path and key.startswith(path + ".")):
-            return variable
-    return None
+def _default_sensor_tables() -> list[dict[str, Any]]:
+    return [s.model_dump(mode="json", exclude_defaults=True) for s in _default_sensors()]
 
 
 def _issues_from(err: ValidationError) -> list[ConfigIssue]:
@@ -875,7 +770,7 @@ def parse_config(
         data = copy.deepcopy(data)  # overrides must not reach into the caller's tables
     else:
         data = dict(data)
-    applied, refused = _apply_env(data, environ)
+    applied, refused = apply_env(data, environ, _default_sensor_tables)
     issues = [
         ConfigIssue(
             name[len(ENV_PREFIX) :].lower().replace(ENV_SEPARATOR, "."),
@@ -892,7 +787,7 @@ def parse_config(
             return config
     variables: list[str] = []
     for i, issue in enumerate(issues):
-        variable = _from_env(issue.path, applied)
+        variable = variable_for(issue.path, applied)
         if variable is not None:
             issues[i] = ConfigIssue(issue.path, f"{issue.message} (from {variable})")
             variables.append(variable)
@@ -900,48 +795,6 @@ def parse_config(
     if from_env:
         source = "environment variable " + ", ".join(sorted({*variables, *refused}))
     raise ConfigError(source, issues)
-
-
-MAX_CONFIG_BYTES = 1 << 20
-"""Largest config file read (1 MiB): anything bigger is not a config file."""
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The TOML table of a config file.
-
-    Raises:
-        ConfigError: one line naming the file: missing, not a regular file, unreadable,
-            too big, not UTF-8 (with the line of the first bad byte) or not TOML.
-    """
-    source = str(path)
-
-    def fail(message: str) -> ConfigError:
-        return ConfigError(source, [ConfigIssue("", message)])
-
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise fail("not a regular file")
-        with path.open("rb") as file:
-            raw = file.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError as err:
-        raise fail("file not found") from err
-    except OSError as err:
-        raise fail(f"cannot read: {err.strerror or err}") from err
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise fail(f"larger than {MAX_CONFIG_BYTES // 1024} KiB; not a config file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise fail(
-            f"not UTF-8 text: byte 0x{raw[err.start]:02x} on line {line} (save it as UTF-8)"
-        ) from err
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise fail(f"not valid TOML: {err}") from err
-    except RecursionError as err:
-        raise fail("not valid TOML: arrays or tables nested too deeply") from err
 
 
 def load_config(path: Path | None, *, environ: Mapping[str, str] | None = None) -> AgentConfig:

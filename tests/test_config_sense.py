@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from edge_agent import config as c
-from edge_agent.config import MAX_CONFIG_BYTES, AgentConfig, load_config, parse_config
+from edge_agent.config import AgentConfig, load_config, parse_config
+from edge_agent.config_sources import MAX_CONFIG_BYTES
 from edge_agent.errors import ConfigError
 from tests.broker import wait_for
 from tests.daemon_proc import cli, events, start_daemon, stop_daemon, write_config
