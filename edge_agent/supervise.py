@@ -135,9 +135,8 @@ class Supervisor:
                     attempt = 0
                 attempt += 1
                 self.failed(name, err)
-                health.state = "restarting"
                 await asyncio.sleep(self.backoff.delay(attempt, self._rng))
-                self.emit("component.restarted", component=name, restarts=health.restarts)
+                self.restarted(name)
                 continue
             health.state = "stopped"
             return
@@ -145,6 +144,7 @@ class Supervisor:
     def failed(self, name: str, err: BaseException) -> None:
         """Record, log (once) and publish a failure of `name` (also for non-restarted parts)."""
         health = self.components.setdefault(name, ComponentHealth())
+        health.state = "restarting"
         health.restarts += 1
         health.last_error = describe(err)
         health.last_failure_wall = time.time()
@@ -158,6 +158,12 @@ class Supervisor:
             error=health.last_error,
             restarts=health.restarts,
         )
+
+    def restarted(self, name: str, **body: Any) -> None:
+        """`name` runs again after a failure: `component.restarted` (also for non-task parts)."""
+        health = self.components.setdefault(name, ComponentHealth())
+        health.state = "running"
+        self.emit("component.restarted", component=name, restarts=health.restarts, **body)
 
     def health(self) -> dict[str, Any]:
         """Every component's state, restarts and last error."""

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from edge_agent.config import FacesConfig
+from edge_agent.errors import CommandError
 from edge_agent.faces.keys import generate_key, write_key_file
 from edge_agent.faces.pipeline import FacePipeline
 from edge_agent.faces.store import gallery_checksum, template_digest
 from edge_agent.faces.sync import gallery_handlers
-from edge_agent.sync.commands import CommandError
 
 MODEL = "face-embed-demo@1.0.0"
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from edge_agent.inference.bundle import find_bundle, shipped_models_dir
 from edge_agent.inference.runtime import open_runtime
-from edge_agent.pipeline.stream import ModelSlot, SensorStream, coalesce_reads
+from edge_agent.pipeline.messages import Frames, LinkState, Stop, coalesce_reads
+from edge_agent.pipeline.stream import ModelSlot, SensorStream
 from firmware_bridge.emulator import SyntheticMotion, encode_stream
 from firmware_bridge.protocol.v1 import Decoder, Frame
 
@@ -50,20 +51,20 @@ def test_coalesce_reads_joins_per_sensor_and_keeps_other_items_in_place() -> Non
     f = _frames(3200)
     a1, a2, a3, b1 = f[1:3], f[3:5], f[5:7], f[7:9]
     items = [
-        ("frames", "a", a1, 1.0, 101.0),
-        ("frames", "b", b1, 2.0, 102.0),
-        ("frames", "a", a2, 3.0, 103.0),
-        ("state", "a", "lost", "unplugged"),
-        ("frames", "a", a3, 4.0, 104.0),
-        ("stop",),
+        Frames("a", a1, 1.0, 101.0),
+        Frames("b", b1, 2.0, 102.0),
+        Frames("a", a2, 3.0, 103.0),
+        LinkState("a", "lost", "unplugged"),
+        Frames("a", a3, 4.0, 104.0),
+        Stop(),
     ]
     out = coalesce_reads(items)
     assert out == [
         # The earliest read's monotonic time (latency never flatters), the newest wall time.
-        ("frames", "a", [*a1, *a2], 1.0, 103.0),
-        ("frames", "b", b1, 2.0, 102.0),
-        ("state", "a", "lost", "unplugged"),
-        ("frames", "a", a3, 4.0, 104.0),
-        ("stop",),
+        Frames("a", [*a1, *a2], 1.0, 103.0),
+        Frames("b", b1, 2.0, 102.0),
+        LinkState("a", "lost", "unplugged"),
+        Frames("a", a3, 4.0, 104.0),
+        Stop(),
     ]
     assert coalesce_reads(items[:1]) == items[:1]

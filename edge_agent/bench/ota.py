@@ -80,7 +80,7 @@ def _daemon(config: AgentConfig) -> Iterator[Any]:
 
 
 def _on_loop(daemon: Any, coro: Any, timeout: float = 30.0) -> Any:
-    return asyncio.run_coroutine_threadsafe(coro, daemon._loop).result(timeout)
+    return asyncio.run_coroutine_threadsafe(coro, daemon.loop).result(timeout)
 
 
 def bench_hot_swap(swaps: int = 20, sensors: int = 2, interval_s: float = 0.05) -> dict[str, Any]:

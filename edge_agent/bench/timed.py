@@ -51,13 +51,13 @@ def running_daemon(config: Any) -> Iterator[Any]:
     It notes when the first frames reached it (`first_frames_mono`), where ingest starts.
     """
     from edge_agent.daemon import Daemon, serving_in_thread
-    from firmware_bridge.protocol.v1 import Frame
+    from edge_agent.pipeline.engine import PipelineObserver
 
     class TimedDaemon(Daemon):
-        """The daemon with stopwatches: first frames, target reached, latency stages."""
+        """The daemon with stopwatches (its observer hooks): first frames, target reached,
+        latency stages."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
             self.first_frames_mono: float | None = None
             self.target_windows: int | None = None
             self.target_reached = threading.Event()
@@ -65,36 +65,28 @@ def running_daemon(config: Any) -> Iterator[Any]:
             # (window close, inference start, inference end, commit) per committed batch.
             self.stages: list[tuple[float, float, float, float]] = []
             self.marks: dict[int, tuple[float, float, float]] = {}
+            observer = PipelineObserver(
+                on_frames=self._frames, on_inferred=self._inferred, on_committed=self._committed
+            )
+            super().__init__(*args, observer=observer, **kwargs)
 
-        def _infer_all(self, emitted: Any) -> Any:
-            start = time.monotonic()
-            batches = super()._infer_all(emitted)
-            end = time.monotonic()
+        def _frames(self, sensor: str, recv_mono: float) -> None:
+            if self.first_frames_mono is None:
+                self.first_frames_mono = recv_mono
+
+        def _inferred(self, batches: Any, start: float, end: float) -> None:
             for b in batches:
                 self.marks[id(b)] = (b.recv_mono, start, end)
-            return batches
 
-        def _committed_threadsafe(self, batches: Any) -> None:
-            now = time.monotonic()
+        def _committed(self, batches: Any, committed_mono: float) -> None:
             for b in batches:
                 mark = self.marks.pop(id(b), None)
                 if mark is not None and len(self.stages) < 100_000:
-                    self.stages.append((*mark, now))
-            super()._committed_threadsafe(batches)
-
-        def _committed(self, lat: Any) -> None:
-            super()._committed(lat)
+                    self.stages.append((*mark, committed_mono))
             target = self.target_windows
             if target is not None and self.target_mono is None and self.windows_committed >= target:
                 self.target_mono = time.monotonic()
                 self.target_reached.set()
-
-        def on_frames(
-            self, sensor: str, frames: list[Frame], recv_mono: float, recv_wall: float
-        ) -> None:
-            if self.first_frames_mono is None:
-                self.first_frames_mono = recv_mono
-            super().on_frames(sensor, frames, recv_mono, recv_wall)
 
     def run(coro: Any) -> None:
         profile_to = os.environ.get(PROFILE_ENV)

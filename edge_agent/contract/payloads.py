@@ -197,6 +197,26 @@ class MqttHealth(_Part):
     last_error: str | None = Field(description="The last uplink error; null once connected.")
 
 
+class GatewayHealth(_Part):
+    """Whether the gateway works as configured, and if not, why."""
+
+    state: Literal["healthy", "degraded"] = Field(description="`degraded` while any reason holds.")
+    degraded: list[str] = Field(
+        description="Why it is degraded (`disk full`, `config reverted`, ...); empty when healthy."
+    )
+
+
+class ComponentHealth(_Part):
+    """One supervised component (its own failure domain; see docs/architecture.md)."""
+
+    state: Literal["starting", "running", "restarting", "stopped"] = Field(
+        description="`restarting` while it waits out its backoff after a failure."
+    )
+    restarts: int = Field(ge=0, description="Failures since start (each followed by a restart).")
+    last_error: str | None = Field(description="The last failure, `Type: message`; null if none.")
+    last_failure: float | None = Field(description="When it last failed, Unix seconds; or null.")
+
+
 class HeartbeatPayload(Envelope):
     """`<root>/heartbeat`: health figures every `sync.heartbeat_interval_s`."""
 
@@ -209,6 +229,14 @@ class HeartbeatPayload(Envelope):
     outbox_depth: int = Field(ge=0, description="Messages waiting in the outbox.")
     store: StoreHealth = Field(description="SQLite store counters.")
     mqtt: MqttHealth = Field(description="Uplink counters.")
+    health: GatewayHealth | None = Field(
+        default=None, description="Healthy or degraded, with the reasons."
+    )
+    components: dict[str, ComponentHealth] | None = Field(
+        default=None,
+        description="Supervised components by name (`pipeline`, `mqtt`, `heartbeat`, "
+        "`stream:<name>`, ...): state, restarts, last failure.",
+    )
 
 
 # -- summary ------------------------------------------------------------------------------------

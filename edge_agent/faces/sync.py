@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.errors import CommandError
 from edge_agent.faces.pipeline import FacePipeline
 from edge_agent.faces.store import GalleryChecksum
 from edge_agent.inference.bundle import is_safe_name
-from edge_agent.sync.commands import CommandError
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 

@@ -1,8 +1,10 @@
 """The daemon's side of OTA: deploy, activate, probation, rollback, and their commands.
 
-One `OtaManager` per daemon. Everything slow (downloads, hashing, unpacking, loading and
-testing a model) runs on worker threads; the only step on the pipeline is the swap itself
-(`Daemon.swap_model`), between two rounds. Each step reports an event:
+One `OtaManager` per daemon, built from narrow ports: the model slots it updates, the
+pipeline's swapper, a config getter and the event port. Everything slow (downloads,
+hashing, unpacking, loading and testing a model) runs on worker threads; the only step on
+the pipeline is the swap itself (`Pipeline.swap`), between two rounds. Each step reports
+an event:
 
     model.download_progress  bytes received of the expected size (at most once a second)
     model.rejected           an update refused: stage, check, reason; the old model serves on
@@ -20,13 +22,16 @@ import base64
 import binascii
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from edge_agent.errors import BundleError, EdgeAgentError
+from edge_agent.config import AgentConfig
+from edge_agent.errors import BundleError, CommandError, EdgeAgentError
+from edge_agent.events import Emit, Severity
 from edge_agent.inference.bundle import (
     Bundle,
     Manifest,
@@ -38,13 +43,9 @@ from edge_agent.inference.runtime import Runtime
 from edge_agent.ota.errors import OtaStateError, UpdateRejectedError
 from edge_agent.ota.probation import ProbationLimits, ProbationWatch, Verdict
 from edge_agent.ota.repository import RESTARTED, ModelRepository, Reverted, install_root
-
-if TYPE_CHECKING:
-    import threading
-
-    from edge_agent.daemon import Daemon
-    from edge_agent.service.control import ControlServer
-    from edge_agent.sync.commands import CommandServer
+from edge_agent.pipeline.messages import ModelSwap
+from edge_agent.pipeline.stream import ModelSlot
+from edge_agent.registry import CommandRegistry
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ _CONCLUDING = ("confirm-", "rollback-")
 """Name prefixes of the tasks applying a probation verdict (awaited, not cancelled, on close)."""
 GalleryCoverage = Callable[[str, str], int]
 """(model name, version) → embeddings the face gallery holds for that version."""
+Swapper = Callable[[str, Bundle, Runtime], Awaitable[ModelSwap]]
+"""Makes a loaded model serve every bare reference to a name, between two pipeline rounds."""
 
 
 @dataclass
@@ -82,10 +85,29 @@ class Source:
 
 
 class OtaManager:
-    """Installs, activates, watches and rolls back model versions for one daemon."""
+    """Installs, activates, watches and rolls back model versions for one daemon.
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    Args:
+        config: The running config (`ota`, `models.dirs`; it may change on reload).
+        emit: Where events go.
+        slots: The loaded model slots by reference (the pipeline's, read only here).
+        swap: The pipeline's swapper.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Callable[[], AgentConfig],
+        emit: Emit,
+        slots: Mapping[str, ModelSlot],
+        swap: Swapper,
+    ) -> None:
+        self.config = config
+        self.emit = emit
+        self.slots = slots
+        self.swap = swap
+        self.face_templates: Callable[[], Mapping[str, int]] | None = None
+        """Set when faces run: templates the gallery holds by name@version."""
         self.repo: ModelRepository | None = None
         self.unavailable: str | None = None
         self.watching: dict[Path, ProbationWatch] = {}
@@ -99,15 +121,14 @@ class OtaManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reverted: list[Reverted] = []
         self._closing = False
+        self._failures: asyncio.Queue[BaseException] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def open(self) -> None:
         """Open the install directory (blocking; before models load). A failure disables OTA."""
-        import threading
-
         self._cancel = threading.Event()
-        repo = ModelRepository(install_root(self.daemon.config))
+        repo = ModelRepository(install_root(self.config()))
         try:
             self._reverted = repo.open()
         except (OtaStateError, OSError) as err:
@@ -116,27 +137,19 @@ class OtaManager:
             return
         self.repo = repo
 
-    def start(self, commands: CommandServer, control: ControlServer | None) -> None:
-        """Register the commands and report probations a restart interrupted (on the loop)."""
-        for name, handler in {
-            "model.deploy": self._cmd_deploy,
-            "model.chunk": self._cmd_chunk,
-            "model.list": self._cmd_list,
-            "model.activate": self._cmd_activate,
-            "model.rollback": self._cmd_rollback,
-            "model.remove": self._cmd_remove,
-        }.items():
-            commands.register(name, handler)
-        if control is not None:
-            control.handlers.update(
-                {
-                    "models.list": self._ctl(self._cmd_list),
-                    "models.install": self._ctl(self._ctl_install),
-                    "models.activate": self._ctl(self._ctl_activate),
-                    "models.rollback": self._ctl(self._cmd_rollback),
-                    "models.remove": self._ctl(self._cmd_remove),
-                }
-            )
+    def register(self, registry: CommandRegistry) -> None:
+        """Add the OTA commands: `model.*` over MQTT, `models.*` on the control socket."""
+        registry.register("model.deploy", self._cmd_deploy, local=False)
+        registry.register("model.chunk", self._cmd_chunk, local=False)
+        registry.register("model.list", self._cmd_list, local="models.list")
+        registry.register("model.activate", self._cmd_activate, local=False)
+        registry.register("model.rollback", self._cmd_rollback, local="models.rollback")
+        registry.register("model.remove", self._cmd_remove, local="models.remove")
+        registry.register("models.install", self._ctl_install, remote=False)
+        registry.register("models.activate", self._ctl_activate, remote=False)
+
+    def start(self) -> None:
+        """Report probations a restart interrupted (on the loop, once commands are wired)."""
         for r in self._reverted:
             self._event(
                 "model.rolled_back",
@@ -148,6 +161,16 @@ class OtaManager:
                 reason=RESTARTED,
             )
         self._reverted = []
+
+    async def run(self) -> None:
+        """OTA as a supervised component: raises the first unexpected failure of its tasks.
+
+        A deployment, activation or verdict that fails on a bug (not a refused update, which
+        is an event) ends this call with its exception, so the supervisor reports it; the
+        manager's state (repository, probations) carries on.
+        """
+        failures = self._failures = asyncio.Queue()
+        raise await failures.get()
 
     async def close(self) -> None:
         """Stop deployments and probations (a version on probation is reverted at next start)."""
@@ -216,19 +239,19 @@ class OtaManager:
 
     @property
     def _ota(self) -> Any:
-        return self.daemon.config.ota
+        return self.config().ota
 
     def _search(self) -> list[Path]:
-        return [*self.daemon.config.models.dirs, shipped_models_dir()]
+        return [*self.config().models.dirs, shipped_models_dir()]
 
-    def _event(self, kind: str, severity: str = "info", **body: Any) -> None:
-        self.daemon._event(kind, severity, **body)
+    def _event(self, kind: str, severity: Severity = "info", **body: Any) -> None:
+        self.emit(kind, severity, **body)
 
     def _slots(self, name: str) -> list[Any]:
         """Slots that follow model `name` (bare references; pinned ones keep their version)."""
         return [
             slot
-            for ref, slot in self.daemon.slots.items()
+            for ref, slot in self.slots.items()
             if "@" not in ref and slot.bundle.manifest.name == name
         ]
 
@@ -250,8 +273,12 @@ class OtaManager:
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed: %s", task.get_name(), task.exception(), exc_info=task.exception())
+        if task.cancelled() or (err := task.exception()) is None:
+            return
+        if self._failures is not None:
+            self._failures.put_nowait(err)  # run() raises it: the supervisor's to report
+        else:
+            log.error("%s failed: %s", task.get_name(), err, exc_info=err)
 
     def gallery_templates(self, ref: str) -> int:
         """Templates the face gallery holds for the model version `ref` (0 without a gallery).
@@ -262,11 +289,9 @@ class OtaManager:
         if self.gallery_coverage is not None:
             name, _, version = ref.partition("@")
             return self.gallery_coverage(name, version)
-        faces = getattr(self.daemon, "faces", None)
-        store = getattr(faces, "store", None) if faces is not None else None
-        if store is None:
+        if self.face_templates is None:
             return 0
-        return int(store.template_counts().get(ref, 0))
+        return int(self.face_templates().get(ref, 0))
 
     def _check_gallery(self, manifest: Manifest) -> None:
         """An embedding model needs the face gallery re-embedded with it before it serves."""
@@ -470,9 +495,7 @@ class OtaManager:
             self._event("model.confirmed", **body, probation="none (not in use)")
             return {"ok": True, **body, "activated": True, "confirmed": True}
         try:
-            swap = await asyncio.wait_for(
-                self.daemon.swap_model(name, bundle, runtime), SWAP_TIMEOUT_S
-            )
+            swap = await asyncio.wait_for(self.swap(name, bundle, runtime), SWAP_TIMEOUT_S)
         except (TimeoutError, asyncio.CancelledError, EdgeAgentError):
             runtime.close()
             with contextlib.suppress(OSError):
@@ -556,7 +579,7 @@ class OtaManager:
         """Swap the previous version back in after a failed probation."""
         repo = self._repo()
         swap = await asyncio.wait_for(
-            self.daemon.swap_model(trial.name, trial.previous, trial.previous_runtime),
+            self.swap(trial.name, trial.previous, trial.previous_runtime),
             SWAP_TIMEOUT_S,
         )
         self._end_trial(trial)
@@ -587,7 +610,7 @@ class OtaManager:
     async def activate(self, name: str, version: str) -> dict[str, Any]:
         """Activate an installed version: self-test, swap, probation. Refusals are returned."""
         repo = self._repo()
-        body = {"model": name, "version": version}
+        body: dict[str, Any] = {"model": name, "version": version}
         async with self._busy:
             try:
                 try:
@@ -637,9 +660,7 @@ class OtaManager:
             from_version = running[0].manifest.version if running else repo.serving(name)
             pause_ms = 0.0
             if running is not None:
-                swap = await asyncio.wait_for(
-                    self.daemon.swap_model(name, bundle, runtime), SWAP_TIMEOUT_S
-                )
+                swap = await asyncio.wait_for(self.swap(name, bundle, runtime), SWAP_TIMEOUT_S)
                 pause_ms = swap.pause_ns / 1e6
                 for _, old in swap.replaced:
                     old.close()
@@ -670,7 +691,7 @@ class OtaManager:
         """Installed versions, state, what serves now and probation progress."""
         repo = self._repo()
         models = repo.listing(self._search())
-        for slot in self.daemon.slots.values():
+        for slot in self.slots.values():
             name = slot.bundle.manifest.name
             entry = models.setdefault(name, {"installed": [], "active": None})
             entry.setdefault("serving", [])
@@ -691,8 +712,6 @@ class OtaManager:
     # -- commands (MQTT) ---------------------------------------------------------------------
 
     def _command_error(self, err: Exception) -> Exception:
-        from edge_agent.sync.commands import CommandError
-
         if isinstance(err, UpdateRejectedError):
             return CommandError(err.check, err.reason, {"stage": err.stage})
         return CommandError("unavailable" if self.repo is None else "refused", str(err))
@@ -810,20 +829,6 @@ class OtaManager:
         return {"removed": f"{name}@{version}"}
 
     # -- control socket (local CLI) ------------------------------------------------------------
-
-    def _ctl(
-        self, handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-    ) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
-        async def call(request: dict[str, Any]) -> dict[str, Any]:
-            from edge_agent.sync.commands import CommandError
-
-            try:
-                result = await handler(request)
-            except CommandError as err:
-                return {"ok": False, "error": str(err), "code": err.code}
-            return {"ok": True, **result} if "ok" not in result else result
-
-        return call
 
     async def _ctl_install(self, request: dict[str, Any]) -> dict[str, Any]:
         path = str(request.get("archive", ""))

@@ -83,6 +83,8 @@ class StreamModel:
     enabled: bool = False
     reason: str = "waiting for the device's HELLO"
     factor: int = 1
+    failed: str | None = None
+    """Why the model was disabled at run time (raised, NaN output); None while it serves."""
 
 
 @dataclass
@@ -216,22 +218,7 @@ class SensorStream:
             return
         self.refused = None
         changed = self.hello is not None
-        self.hello = hello
-        channels = len(hello.channels)
-        longest = max((m.slot.bundle.manifest.input.window for m in self.attached), default=1)
-        self.channels = channels
-        self.scales = np.array([c.scale for c in hello.channels], dtype=np.float32)
-        self.attached = [self._attach(slot) for slot in self.models]
-        self.groups = {}
-        for model in self.attached:
-            self._check_model(model, hello)
-            if model.enabled:
-                group = self.groups.get(model.factor)
-                if group is None:
-                    capacity = max(8 * longest, 8192 // model.factor)
-                    group = RateGroup(model.factor, RingBuffer(capacity, channels))
-                    self.groups[model.factor] = group
-                group.models.append(model)
+        self.adopt_hello(hello)
         self._notice(
             "sensor.hello",
             "info",
@@ -261,6 +248,31 @@ class SensorStream:
         for model in self.attached:
             model.reason = f"waiting for a valid HELLO; the last was refused: {reason}"
         self._notice("sensor.rejected", "warning", reason=reason)
+
+    def adopt_hello(self, hello: Hello) -> None:
+        """Lay the stream out for `hello`: fresh rings and cursors, models checked against it.
+
+        Also how a restarted stream resumes at once with the layout its device announced.
+        """
+        self.hello = hello
+        channels = len(hello.channels)
+        longest = max((m.slot.bundle.manifest.input.window for m in self.attached), default=1)
+        self.channels = channels
+        self.scales = np.array([c.scale for c in hello.channels], dtype=np.float32)
+        # A model disabled at run time stays disabled across a new HELLO (a reconnect).
+        failed = {id(m.slot): m.failed for m in self.attached if m.failed is not None}
+        self.attached = [self._attach(slot) for slot in self.models]
+        self.groups = {}
+        for model in self.attached:
+            model.failed = failed.get(id(model.slot))
+            self._check_model(model, hello)
+            if model.enabled:
+                group = self.groups.get(model.factor)
+                if group is None:
+                    capacity = max(8 * longest, 8192 // model.factor)
+                    group = RateGroup(model.factor, RingBuffer(capacity, channels))
+                    self.groups[model.factor] = group
+                group.models.append(model)
 
     def _check_model(self, model: StreamModel, hello: Hello) -> None:
         spec = model.slot.bundle.manifest.input
@@ -381,9 +393,32 @@ class SensorStream:
                 emitted.extend(self._cut(group, recv_mono))
         return emitted
 
+    def fail_model(self, model: StreamModel, reason: str) -> None:
+        """Stop cutting windows for `model` on this stream (until `revive_models`)."""
+        model.failed = reason
+
+    def revive_models(self, slot: ModelSlot | None = None) -> list[StreamModel]:
+        """Serve failed models again (all, or those of `slot`); returns the ones revived.
+
+        Their cursors skip what arrived meanwhile: the next window is a fresh one.
+        """
+        revived = []
+        for model in self.attached:
+            if model.failed is None or (slot is not None and model.slot is not slot):
+                continue
+            model.failed = None
+            group = self.groups.get(model.factor)
+            if group is not None:
+                cursor = model.cursor
+                cursor.next_end = max(cursor.next_end, group.ring.total + cursor.hop)
+            revived.append(model)
+        return revived
+
     def _cut(self, group: RateGroup, recv_mono: float) -> list[Emitted]:
         emitted: list[Emitted] = []
         for model in group.models:
+            if model.failed is not None:
+                continue
             cut = model.cursor.cut(group.ring)
             if cut is None or len(cut.windows) == 0:
                 continue
@@ -393,39 +428,3 @@ class SensorStream:
                 cut.windows = cut.windows * model.factors
             emitted.append(Emitted(self, model, cut, recv_mono))
         return emitted
-
-
-def coalesce_reads(items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Join the queued reads of each sensor into one `("frames", ...)` item per sensor.
-
-    Only reads between two other items (a state change, a reload, stop) are joined, so
-    those keep their place relative to the data. A joined item carries the first read's
-    monotonic time (window latency is then measured from the earliest read: never
-    flattering) and the last read's wall time (the newest sample arrived with it, which is
-    what the device clock needs).
-    """
-    if len(items) < 2:
-        return items
-    out: list[tuple[Any, ...]] = []
-    pending: dict[str, tuple[list[list[Frame]], float, list[float]]] = {}
-
-    def flush() -> None:
-        for sensor, (parts, recv_mono, wall) in pending.items():
-            frames = parts[0] if len(parts) == 1 else list(itertools.chain.from_iterable(parts))
-            out.append(("frames", sensor, frames, recv_mono, wall[0]))
-        pending.clear()
-
-    for item in items:
-        if item[0] != "frames":
-            flush()
-            out.append(item)
-            continue
-        _, sensor, frames, recv_mono, recv_wall = item
-        joined = pending.get(sensor)
-        if joined is None:
-            pending[sensor] = ([frames], recv_mono, [recv_wall])
-        else:
-            joined[0].append(frames)
-            joined[2][0] = recv_wall
-    flush()
-    return out

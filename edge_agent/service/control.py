@@ -171,11 +171,12 @@ class ControlServer:
 
     def __init__(self, path: Path, handlers: Mapping[str, Handler], tail: TailFanout) -> None:
         self.path = path
-        self.handlers = dict(handlers)
+        self.handlers = handlers
         self.tail = tail
         self._server: asyncio.Server | None = None
         self._inode: int | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._failure: asyncio.Future[None] | None = None
         self.requests = 0
 
     async def start(self) -> None:
@@ -187,6 +188,20 @@ class ControlServer:
         sock = bind_control_socket(self.path)
         self._inode = os.stat(self.path).st_ino
         self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=LINE_LIMIT)
+
+    async def serve(self) -> None:
+        """Serve until cancelled; raises the first unexpected failure of a conversation.
+
+        A conversation that fails on a bug (not a client hanging up) ends this call with
+        its exception, so the supervisor reports it and opens the socket again.
+        """
+        if self._server is None:
+            await self.start()
+        self._failure = asyncio.get_running_loop().create_future()
+        try:
+            await self._failure
+        finally:
+            self._failure = None
 
     async def close(self) -> None:
         """Stop accepting, hang up on clients and remove the socket; safe to call twice."""
@@ -215,6 +230,12 @@ class ControlServer:
             pass
         except asyncio.CancelledError:
             pass
+        except Exception as err:  # a bug: reported through serve() (the supervisor's)
+            failure = self._failure
+            if failure is not None and not failure.done():
+                failure.set_exception(err)
+            else:
+                log.exception("control: conversation failed")
         finally:
             self._clients.discard(task)
             writer.close()

@@ -1,9 +1,11 @@
 """The daemon's side of running as a service: systemd notifications, watchdog, control socket.
 
-`ServiceHub` is the one object the daemon holds for all of it. The daemon calls
-`start()` once the store is open, models are loaded and sensors are started,
-`ready()` right after, `stopping()` when shutdown begins and `close()` at the
-very end; it hands every event and window result to `on_event` / `on_results`
+`ServiceHub` gets narrow ports from the composition root, never the daemon: a config
+getter, the health board (every component's figures), the command registry's control-socket
+view, the progress probes the watchdog watches, and a few getters. The root calls
+`start()` once the store is open, models are loaded and sensors are started, `ready()`
+right after, `stopping()` when shutdown begins and `close()` at the very end. The hub
+subscribes `on_event` to the event bus and gets every window result through `on_results`,
 for `edge-agent tail` and the last-errors list of `edge-agent status`.
 """
 
@@ -15,17 +17,18 @@ import os
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from edge_agent import __version__
+from edge_agent.config import AgentConfig
+from edge_agent.events import Event
+from edge_agent.health import HealthBoard
+from edge_agent.pipeline.results import ResultBatch
+from edge_agent.registry import Handler
 from edge_agent.service.control import ControlError, ControlServer, TailFanout, control_socket_path
 from edge_agent.service.notify import Notifier, watchdog_timeout
 from edge_agent.service.watchdog import PipelineWatchdog, Probe
-from edge_agent.store.db import outbox_depth
-
-if TYPE_CHECKING:
-    from edge_agent.daemon import Daemon
-    from edge_agent.pipeline.results import ResultBatch
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +62,44 @@ class RateMeter:
 
 
 class ServiceHub:
-    """systemd notifications, the pipeline watchdog and the control socket of one daemon."""
+    """systemd notifications, the pipeline watchdog and the control socket of one daemon.
 
-    def __init__(self, daemon: Daemon, notifier: Notifier | None = None) -> None:
-        self.daemon = daemon
+    Args:
+        config: The running config (it may change on reload).
+        health: Every component's health figures (`sensors`, `mqtt`, `store`, ...).
+        commands: The control socket's commands (the registry's live local view).
+        probes: What the watchdog watches for progress (pipeline, store).
+        state: starting, running, reloading or stopping.
+        outbox_depth: Awaits the number of messages waiting in the outbox.
+        sample_counts: Samples received so far by sensor (for the rates in `status`).
+        config_source: Where the config came from, for `status`.
+        started_mono: When the process started (monotonic).
+        notifier: systemd's notify socket (default: from the environment).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Callable[[], AgentConfig],
+        health: HealthBoard,
+        commands: Mapping[str, Handler],
+        probes: Sequence[Probe],
+        state: Callable[[], str],
+        outbox_depth: Callable[[], Awaitable[int]],
+        sample_counts: Callable[[], dict[str, int]],
+        config_source: Callable[[], str],
+        started_mono: float,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.health = health
+        self.commands = commands
+        self.probes = list(probes)
+        self.state = state
+        self._outbox_depth = outbox_depth
+        self.sample_counts = sample_counts
+        self.config_source = config_source
+        self.started_mono = started_mono
         self.notifier = notifier or Notifier()
         self.tail = TailFanout()
         self.control: ControlServer | None = None
@@ -78,39 +115,48 @@ class ServiceHub:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the control socket (a failure is logged; the daemon runs on without it)."""
+        """Open the control socket (a failure is logged; `serve_control` retries it)."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        path = control_socket_path(self.daemon.config)
-        server = ControlServer(
-            path,
-            {"ping": self._ping, "status": self._status, "reload": self._reload},
-            self.tail,
-        )
         try:
-            await server.start()
+            await self._open_control()
         except ControlError as err:
-            log.error("control socket disabled: %s", err)
-            return
+            log.error("control socket disabled for now: %s", err)
+
+    async def _open_control(self) -> ControlServer:
+        path = control_socket_path(self.config())
+        server = ControlServer(path, self.commands, self.tail)
+        await server.start()
         self.control = server
         log.info("control socket: %s", path)
+        return server
+
+    async def serve_control(self) -> None:
+        """The control socket as a supervised component: (re)open it, serve until it fails.
+
+        Raises:
+            ControlError: the socket cannot be bound (the supervisor retries with backoff).
+            Exception: a conversation failed unexpectedly; the socket is reopened.
+        """
+        server = self.control or await self._open_control()
+        try:
+            await server.serve()
+        finally:
+            if self.control is server:
+                self.control = None
+            await server.close()
 
     def ready(self) -> None:
         """Tell systemd start-up is complete and start the watchdog and status tasks."""
         self.ready_at = time.monotonic()
         self.notifier.ready(self.status_line())
-        d = self.daemon
-        store = d.store
         self.watchdog = PipelineWatchdog(
             self.notifier,
-            [
-                Probe("pipeline", d.pipeline_progress, "batches"),
-                Probe("store", lambda: (store.stats.commits, store.pending()), "writes"),
-            ],
-            stall_timeout_s=d.config.service.stall_timeout_s,
+            self.probes,
+            stall_timeout_s=self.config().service.stall_timeout_s,
             watchdog_s=watchdog_timeout(),
             on_change=self._on_stall,
-            exempt=lambda: d.state == "reloading",
+            exempt=lambda: self.state() == "reloading",
         )
         if self.watchdog.watchdog_s is not None:
             log.info(
@@ -155,20 +201,20 @@ class ServiceHub:
 
     # -- what the daemon reports ------------------------------------------------------------
 
-    def on_event(self, kind: str, severity: str, sensor: str | None, body: dict[str, Any]) -> None:
-        """An event the daemon recorded: keep errors for `status`, show it to `tail`."""
+    def on_event(self, event: Event) -> None:
+        """Event bus listener: keep errors for `status`, show the event to `tail`."""
         record = {
             "type": "event",
-            "ts": round(time.time(), 3),
-            "event": kind,
-            "severity": severity,
-            "sensor": sensor,
-            "detail": body,
+            "ts": round(event.wall, 3),
+            "event": event.kind,
+            "severity": event.severity,
+            "sensor": event.sensor,
+            "detail": dict(event.body),
         }
-        if severity != "info":
+        if event.severity != "info":
             self.recent_errors.append(record)
         if self.tail.active:
-            # Model loading reports from a worker thread; the tail queues live on the loop.
+            # Delivered on the loop by the bus; inline (before or after the loop) otherwise.
             if self._loop is not None and threading.get_ident() != self._loop_thread:
                 self._loop.call_soon_threadsafe(self.tail.publish, record)
             else:
@@ -215,18 +261,12 @@ class ServiceHub:
 
     # -- status ------------------------------------------------------------------------------
 
-    def _sample_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for (name, _), stream in self.daemon.streams.items():
-            counts[name] = counts.get(name, 0) + stream.stats.samples
-        return counts
-
     async def _status_loop(self) -> None:
-        interval = self.daemon.config.service.status_interval_s
+        interval = self.config().service.status_interval_s
         next_line = 0.0
         while True:
             now = time.monotonic()
-            self.rates.sample(now, self._sample_counts())
+            self.rates.sample(now, self.sample_counts())
             if now >= next_line:
                 next_line = now + interval
                 await self._refresh_depth(timeout=0.5)
@@ -236,66 +276,58 @@ class ServiceHub:
 
     async def _refresh_depth(self, timeout: float) -> None:
         try:
-            self.outbox_depth = await asyncio.wait_for(
-                self.daemon.store.call(outbox_depth()), timeout
-            )
+            self.outbox_depth = await asyncio.wait_for(self._outbox_depth(), timeout)
         except Exception as err:
             # A busy or stalled store must not hold up `status`; the watchdog reports stalls.
             log.debug("status: outbox depth unavailable: %s", err)
 
     def status_line(self) -> str:
         """One line for `systemctl status` (STATUS=)."""
-        d = self.daemon
-        health = d.sensor_health()
-        enabled = [h for h in health.values() if h["state"] != "disabled"]
+        snap = self.health.snapshot()
+        sensors: Mapping[str, Any] = snap.get("sensors", {})
+        enabled = [h for h in sensors.values() if h.get("state") != "disabled"]
         streaming = sum(
             1
             for h in enabled
-            if h["state"] == "connected"
-            and h["seconds_since_data"] is not None
+            if h.get("state") == "connected"
+            and h.get("seconds_since_data") is not None
             and h["seconds_since_data"] < STREAMING_WITHIN_S
         )
-        uplink = d.uplink
-        mqtt = "mqtt connected" if uplink and uplink.stats.connected else "mqtt offline"
+        mqtt = "mqtt connected" if snap.get("mqtt", {}).get("connected") else "mqtt offline"
         depth = "?" if self.outbox_depth is None else str(self.outbox_depth)
+        committed = snap.get("pipeline", {}).get("windows_committed", 0)
+        state = self.state()
+        if snap["degraded"]:
+            state = f"{state}, degraded: {', '.join(snap['degraded'])}"
         return (
-            f"{d.state}: {streaming}/{len(enabled)} sensors streaming, "
-            f"{d.windows_committed} windows stored, outbox {depth}, {mqtt}"
+            f"{state}: {streaming}/{len(enabled)} sensors streaming, "
+            f"{committed} windows stored, outbox {depth}, {mqtt}"
         )
 
     async def status(self) -> dict[str, Any]:
-        """Everything `edge-agent status` shows, JSON-ready."""
-        d = self.daemon
+        """Everything `edge-agent status` (and the MQTT `status` command) shows, JSON-ready."""
         await self._refresh_depth(timeout=1.0)
+        snap = self.health.snapshot()
         rates = self.rates.rates()
-        sensors = d.sensor_health()
+        sensors = {name: dict(h) for name, h in snap.pop("sensors", {}).items()}
         for name, health in sensors.items():
             health["rate_hz"] = rates.get(name)
-        users: dict[str, list[str]] = {}
-        for sensor, slots in d.sensor_models.items():
-            for slot in slots:
-                users.setdefault(slot.ref, []).append(sensor)
-        models = [
-            {
-                "ref": slot.ref,
-                "runtime": slot.bundle.manifest.runtime,
-                "task": slot.bundle.manifest.task,
-                "path": str(slot.bundle.path),
-                "sensors": sorted(users.get(slot.ref, [])),
-            }
-            for slot in d.slots.values()
-        ]
-        uplink = d.uplink
-        cfg = d.config
-        store = d.store
+        models = [{"ref": ref, **m} for ref, m in snap.pop("models", {}).items()]
+        pipeline = snap.pop("pipeline", {})
+        mqtt = snap.pop("mqtt", {})
+        store = snap.pop("store", {})
+        cfg = self.config()
         wd = self.watchdog
         return {
             "version": __version__,
             "pid": os.getpid(),
-            "state": d.state,
-            "uptime_s": round(time.monotonic() - d.started_mono, 1),
-            "ready_after_s": round(self.ready_at - d.started_mono, 3) if self.ready_at else None,
-            "config": str(d.config_path) if d.config_path else "embedded default",
+            "state": self.state(),
+            "health": {"state": snap.pop("state"), "degraded": snap.pop("degraded")},
+            "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "ready_after_s": (
+                round(self.ready_at - self.started_mono, 3) if self.ready_at else None
+            ),
+            "config": self.config_source(),
             "device": {
                 "id": cfg.device.id,
                 "tenant": cfg.device.tenant,
@@ -304,23 +336,14 @@ class ServiceHub:
             },
             "sensors": sensors,
             "models": models,
-            "windows_committed": d.windows_committed,
+            "windows_committed": pipeline.get("windows_committed", 0),
+            "pipeline": pipeline,
             "outbox_depth": self.outbox_depth,
-            "mqtt": {
-                "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}",
-                "connected": bool(uplink and uplink.stats.connected),
-                "connected_since": uplink.stats.connected_since if uplink else None,
-                "published": uplink.stats.published if uplink else 0,
-                "acked": uplink.stats.acked if uplink else 0,
-                "last_error": uplink.stats.last_error if uplink else None,
-            },
-            "store": {
-                "path": str(cfg.storage.path),
-                "commits": store.stats.commits,
-                "pending": store.pending(),
-                "failed_commits": store.stats.failed_commits,
-                "last_error": store.stats.last_error,
-            },
+            "dropped": store.get("dropped", {}),
+            "mqtt_connected": bool(mqtt.get("connected")),
+            "mqtt": {"broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}", **mqtt},
+            "store": {"path": str(cfg.storage.path), **store},
+            **snap,  # components, faces and whatever else reports its health
             "systemd": {
                 "notify": self.notifier.backend,
                 "watchdog_s": wd.watchdog_s if wd else None,
@@ -328,15 +351,3 @@ class ServiceHub:
             },
             "last_errors": list(self.recent_errors)[-10:],
         }
-
-    # -- control commands --------------------------------------------------------------------
-
-    async def _ping(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "pid": os.getpid(), "state": self.daemon.state}
-
-    async def _status(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "status": await self.status()}
-
-    async def _reload(self, request: dict[str, Any]) -> dict[str, Any]:
-        summary = await self.daemon.reload()
-        return {"ok": bool(summary.get("ok")), "reload": summary, "error": summary.get("error")}

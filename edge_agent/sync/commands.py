@@ -4,6 +4,10 @@ MQTT 5 requests carry a response topic and correlation data; the reply goes ther
 Without them (MQTT 3.1.1) the reply goes to `<root>/reply/<name>`. Every request has an
 `id`; a repeated id is answered from a cache without running the command again, so a
 re-delivered `config.set` is applied once. Every command is audit-logged as an event.
+
+The commands themselves live in the `CommandRegistry` (shared with the control socket);
+the agent's own (`ping`, `status`, `reload`, `config.*`, `sync.flush`, `sensors.list`) are
+`AgentCommands`, built from narrow ports.
 """
 
 from __future__ import annotations
@@ -11,28 +15,29 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import tomllib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_agent.config import render_config
+from edge_agent.config import AgentConfig, render_config
 from edge_agent.config_edit import edit_config
 from edge_agent.errors import CommandError, ConfigEditError
-from edge_agent.store.db import dumps, outbox_depth
-
-if TYPE_CHECKING:
-    from edge_agent.daemon import Daemon
+from edge_agent.events import Emit
+from edge_agent.registry import CommandRegistry
+from edge_agent.store.db import dumps
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CommandError", "CommandRequest", "CommandServer"]
+__all__ = ["AgentCommands", "CommandError", "CommandRequest", "CommandServer"]
 
 CACHE_SIZE = 256
 TIMEOUT_S = 10.0
@@ -51,34 +56,31 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class CommandServer:
-    """Receives requests from the uplink's connection and answers them."""
+    """Receives requests from the uplink's connection and answers them.
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    Args:
+        registry: The commands (shared with the control socket).
+        config: The running config (topic root, device id, `commands.allow`/`deny`).
+        emit: Where the audit events go.
+    """
+
+    def __init__(
+        self, registry: CommandRegistry, config: Callable[[], AgentConfig], emit: Emit
+    ) -> None:
+        self.registry = registry
+        self.config = config
+        self.emit = emit
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.handlers: dict[str, Handler] = {
-            "ping": self._ping,
-            "status": self._status,
-            "config.get": self._config_get,
-            "config.set": self._config_set,
-            "sync.flush": self._sync_flush,
-            "sensors.list": self._sensors_list,
-        }
-
-    def register(self, name: str, handler: Handler) -> None:
-        """Add a command (OTA, face gallery, ...); `handler(args)` returns the result dict.
-
-        Raise `CommandError` from the handler to answer with an error code.
-        """
-        if name in self.handlers:
-            raise ValueError(f"command {name!r} is already registered")
-        self.handlers[name] = handler
+        # Requests from paho's callback, and failures of their tasks (raised by run()).
+        self._requests: asyncio.Queue[tuple[mqtt.Client, mqtt.MQTTMessage] | BaseException] = (
+            asyncio.Queue()
+        )
 
     @property
     def root(self) -> str:
         """Topic root of the current config (it may change on reload)."""
-        return self.daemon.config.topic_root
+        return self.config().topic_root
 
     @property
     def request_filter(self) -> str:
@@ -87,14 +89,41 @@ class CommandServer:
 
     def on_connected(self, client: mqtt.Client) -> None:
         """Subscribe on every new connection (clean start)."""
-        if self.daemon.config.commands.enabled:
+        if self.config().commands.enabled:
             client.subscribe(self.request_filter, qos=1)
 
     def on_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
-        """paho callback on the loop thread: handle the request in its own task."""
-        task = asyncio.get_running_loop().create_task(self._handle(client, message))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """paho callback on the loop thread: queue the request for `run()`."""
+        self._requests.put_nowait((client, message))
+
+    async def run(self) -> None:
+        """Answer queued requests, each in its own task, until cancelled (supervised).
+
+        A request whose handling fails on a bug (beyond the answer `internal`) ends this
+        call with that exception, so the supervisor reports it and starts it again; the
+        queue and the reply cache survive the restart.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await self._requests.get()
+            if isinstance(item, BaseException):
+                raise item
+            task = loop.create_task(self._handle(*item))
+            self._tasks.add(task)
+            task.add_done_callback(self._handled)
+
+    def _handled(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (err := task.exception()) is not None:
+            self._requests.put_nowait(err)  # run() raises it: the supervisor's to report
+
+    async def close(self) -> None:
+        """Cancel requests in hand; safe to call twice."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _handle(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         received = time.time()
@@ -121,12 +150,12 @@ class CommandServer:
             if cached is not None:
                 self._publish(client, response_topic, correlation, cached)
                 return
-            handler = self.handlers.get(name)
+            handler = self.registry.remote(name)
             if handler is None:
                 raise CommandError(
-                    "unknown_command", f"unknown command {name!r}", sorted(self.handlers)
+                    "unknown_command", f"unknown command {name!r}", self.registry.remote_names()
                 )
-            if not self.daemon.config.commands.permits(name):
+            if not self.config().commands.permits(name):
                 raise CommandError("forbidden", f"command {name!r} is not allowed on this gateway")
             args = {**request.args, "_received_ts": received, "_request_id": request.id}
             result = await asyncio.wait_for(handler(args), timeout=TIMEOUT_S)
@@ -159,7 +188,7 @@ class CommandServer:
     def _reply(self, request_id: str | None, name: str, ok: bool, **body: Any) -> bytes:
         return dumps(
             {
-                "device": self.daemon.config.device.id,
+                "device": self.config().device.id,
                 "id": request_id,
                 "command": name,
                 "ok": ok,
@@ -183,7 +212,7 @@ class CommandServer:
         client.publish(topic, payload, qos=1, properties=properties)
 
     def _audit(self, name: str, request_id: str | None, ok: bool, error: str | None) -> None:
-        self.daemon._event(
+        self.emit(
             "command.executed" if ok else "command.rejected",
             "info" if ok else "warning",
             command=name,
@@ -191,32 +220,70 @@ class CommandServer:
             error=error,
         )
 
-    # -- the commands -----------------------------------------------------------------------
+
+class AgentCommands:
+    """The agent's own commands, for both doors (see `register`).
+
+    Args:
+        config: The running config.
+        config_path: The config file (None: the embedded default, not persistable).
+        status: Everything `status` shows.
+        reload: Re-read the config between two pipeline rounds; returns the outcome.
+        flush: Pack pending results into the outbox now; returns the outbox depth.
+        sensor_health: Per-sensor health, by name.
+        state: starting, running, reloading or stopping.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Callable[[], AgentConfig],
+        config_path: Path | None,
+        status: Callable[[], Awaitable[dict[str, Any]]],
+        reload: Callable[[], Awaitable[dict[str, Any]]],
+        flush: Callable[[], Awaitable[int]],
+        sensor_health: Callable[[], dict[str, Any]],
+        state: Callable[[], str],
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.status = status
+        self.reload = reload
+        self.flush = flush
+        self.sensor_health = sensor_health
+        self.state = state
+
+    def register(self, registry: CommandRegistry) -> None:
+        """Add the commands to `registry` (`config.*` over MQTT only)."""
+        registry.register("ping", self._ping)
+        registry.register("status", self._status, local_reply=lambda r: {"ok": True, "status": r})
+        registry.register("reload", self._reload, local_reply=_reload_reply)
+        registry.register("config.get", self._config_get, local=False)
+        registry.register("config.set", self._config_set, local=False)
+        registry.register("sync.flush", self._sync_flush)
+        registry.register("sensors.list", self._sensors_list)
 
     async def _ping(self, args: dict[str, Any]) -> dict[str, Any]:
         return {
             "echo": args.get("echo"),
             "request_ts": args.get("ts"),
-            "received_ts": args["_received_ts"],
+            "received_ts": args.get("_received_ts", time.time()),
             "replied_ts": time.time(),
+            "pid": os.getpid(),
+            "state": self.state(),
         }
 
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
-        d = self.daemon
-        return {
-            "uptime_s": round(time.monotonic() - d.started_mono, 1),
-            "sensors": d.sensor_health(),
-            "outbox_depth": await d.store.call(outbox_depth()),
-            "windows_committed": d.windows_committed,
-            "dropped": d.dropped,
-            "mqtt_connected": bool(d.uplink and d.uplink.stats.connected),
-        }
+        return await self.status()
+
+    async def _reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self.reload()
 
     async def _config_get(self, args: dict[str, Any]) -> dict[str, Any]:
-        text = render_config(self.daemon.config)
+        text = render_config(self.config())
         return {
             "config": tomllib.loads(_tomlish(text)),
-            "source": str(self.daemon.config_path or "embedded default"),
+            "source": str(self.config_path or "embedded default"),
         }
 
     async def _config_set(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +292,7 @@ class CommandServer:
             raise CommandError(
                 "bad_request", 'config.set needs args.values: {"section.key": value}'
             )
-        path = self.daemon.config_path
+        path = self.config_path
         if path is None:
             raise CommandError(
                 "not_persistable", "the daemon runs on its embedded default; start it with --config"
@@ -239,7 +306,7 @@ class CommandServer:
             message = "rejected; nothing changed" if code == "invalid_config" else str(err)
             raise CommandError(code, message, err.details or [str(err)]) from err
         # The reload arms the daemon's confirmation deadline when the broker settings changed.
-        outcome = await self.daemon.reload() if edit.previous is not None else {"ok": True}
+        outcome = await self.reload() if edit.previous is not None else {"ok": True}
         return {
             "persisted": str(path),
             "previous": str(edit.previous) if edit.previous else None,
@@ -248,19 +315,20 @@ class CommandServer:
         }
 
     async def _sync_flush(self, args: dict[str, Any]) -> dict[str, Any]:
-        d = self.daemon
-        await d._pack_results()
-        d._notify_uplink()
-        return {"outbox_depth": await d.store.call(outbox_depth())}
+        return {"outbox_depth": await self.flush()}
 
     async def _sensors_list(self, args: dict[str, Any]) -> dict[str, Any]:
-        health = self.daemon.sensor_health()
+        health = self.sensor_health()
         return {
             "sensors": [
                 {**s.model_dump(mode="json"), "health": health.get(s.name)}
-                for s in self.daemon.config.sensors
+                for s in self.config().sensors
             ]
         }
+
+
+def _reload_reply(summary: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": bool(summary.get("ok")), "reload": summary, "error": summary.get("error")}
 
 
 def _maybe_id(payload: bytes | bytearray) -> Any:

@@ -31,6 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config import AgentConfig
+from edge_agent.events import Emit
 from edge_agent.store.db import OutboxRow, Store, Txn, delete_outbox, dumps, fetch_outbox
 
 log = logging.getLogger(__name__)
@@ -275,9 +276,15 @@ class MqttUplink:
     """Keeps an MQTT session up and drains the outbox through it."""
 
     def __init__(
-        self, config: AgentConfig, store: Store, *, on_state: Callable[[bool], None] | None = None
+        self,
+        config: AgentConfig,
+        store: Store,
+        *,
+        on_state: Callable[[bool], None] | None = None,
+        emit: Emit | None = None,
     ) -> None:
         self.config = config
+        self.emit = emit
         self.store = store
         self.stats = UplinkStats()
         self.backoff = Backoff(config.mqtt.reconnect_min_s, config.mqtt.reconnect_max_s)
@@ -390,6 +397,7 @@ class MqttUplink:
             )
             self._will = (will_seq, will_id)
             connected = False
+            why = "stopped"
             try:
                 await asyncio.wait_for(
                     asyncio.to_thread(conn.client.connect, cfg.host, cfg.port, cfg.keepalive_s),
@@ -415,9 +423,13 @@ class MqttUplink:
                 healthy_after = loop.time() + 10.0
                 await self._drain(conn, healthy_after)
             except asyncio.CancelledError:
+                why = "cancelled"
                 raise
-            except (OSError, TimeoutError, ConnectionError) as err:
-                what = str(err) or type(err).__name__
+            except BaseException as err:
+                why = str(err) or type(err).__name__
+                if not isinstance(err, OSError | TimeoutError | ConnectionError):
+                    raise  # a bug: the supervisor reports it and starts the session again
+                what = why
                 if connected:
                     self.note_error(f"connection to {cfg.host}:{cfg.port} lost: {what}")
                 else:
@@ -428,7 +440,7 @@ class MqttUplink:
                     )
             finally:
                 if connected:
-                    self._set_connected(False)
+                    self._set_connected(False, why)
                 conn.close()
                 self._conn = None
             if self._stop_ev.is_set():
@@ -438,15 +450,20 @@ class MqttUplink:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_ev.wait(), timeout=delay)
 
-    def _set_connected(self, connected: bool) -> None:
+    def _set_connected(self, connected: bool, reason: str = "") -> None:
         self.stats.connected = connected
+        cfg = self.config.mqtt
         if connected:
             self.stats.connects += 1
             self.stats.connected_since = time.time()
-            log.info("mqtt: connected to %s:%d", self.config.mqtt.host, self.config.mqtt.port)
+            log.info("mqtt: connected to %s:%d", cfg.host, cfg.port)
             self.stats.last_error = None
+            if self.emit is not None:
+                self.emit("mqtt.connected", host=cfg.host, port=cfg.port, protocol=cfg.protocol)
         else:
             self.stats.connected_since = None
+            if self.emit is not None and not self._stop_ev.is_set():  # not a clean stop
+                self.emit("mqtt.disconnected", "warning", reason=reason)
         if self._on_state is not None:
             self._on_state(connected)
 
