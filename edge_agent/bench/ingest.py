@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_agent.bench.harness import (
     DECIMATION,
     HOP,
@@ -26,7 +24,7 @@ from edge_agent.bench.harness import (
     open_pty,
     thread_cpu,
 )
-from edge_agent.bench.timed import bench_config, running_daemon
+from edge_agent.bench.timed import RecordingRuntime, bench_config, on_loop, running_daemon
 
 __all__ = [
     "expected_windows",
@@ -144,38 +142,31 @@ def ingest_worker_main(ttys: list[str], samples: int, broker_port: int, db: Path
 
     config = bench_config(ttys, db, broker_port)
     windows_expected = expected_windows(samples) * len(ttys)
-    recorded: list[np.ndarray[Any, np.dtype[np.float32]]] = []
-    with running_daemon(config) as daemon:
+    with running_daemon(config) as (daemon, watch):
         slot = daemon.slots[MODEL]
-        original_infer = slot.runtime.infer
-        kept = [0]
-
-        def recording_infer(windows: Any, segments: Any) -> Any:
-            # Keep (a bounded share of) the batches the daemon ran, to replay them bare later.
-            if kept[0] < 50_000:
-                recorded.append(windows.copy())
-                kept[0] += len(windows)
-            return original_infer(windows, segments)
-
-        slot.runtime.infer = recording_infer
-        # Set before any data flows (the feeder waits for "ready"), read on the loop thread.
-        daemon.target_windows = windows_expected
-        busy_before = slot.runtime.stats.busy_ns
+        # Keep (a bounded share of) the batches the daemon runs, to replay them bare later;
+        # in service before any data flows (the feeder waits for "ready").
+        recording = RecordingRuntime(slot.runtime)
+        on_loop(daemon, daemon.swap_model(MODEL, slot.bundle, recording))
+        watch.target_windows = windows_expected
         cpu_before = cpu_seconds()
         threads_before = thread_cpu()
         emit({"ready": True})
-        if not daemon.target_reached.wait(600):
+        if not watch.target_reached.wait(600):
             raise TimeoutError("bench: the daemon did not commit every window within 600 s")
-        done = daemon.target_mono
+        done = watch.target_mono
         cpu = cpu_seconds() - cpu_before
         threads_after = thread_cpu()
-        stats = slot.runtime.stats
+        stats = recording.stats
         health = daemon.sensor_health()
         links = [(link.decoder.stats, link.stats) for link in daemon.links.values()]
+    recorded = recording.recorded
     lost = sum(h["frames_lost"] + h["crc_errors"] + h["windows_dropped"] for h in health.values())
     samples_seen = sum(h["samples"] for h in health.values())
-    elapsed = done - daemon.first_frames_mono
-    windows = daemon.windows_committed
+    if done is None or watch.first_frames_mono is None:
+        raise RuntimeError("bench: no frames reached the daemon")
+    elapsed = done - watch.first_frames_mono
+    windows = watch.committed
 
     # The bare runtime on the same batches, in the same process: what the model alone costs.
     import onnxruntime as ort
@@ -209,7 +200,7 @@ def ingest_worker_main(ttys: list[str], samples: int, broker_port: int, db: Path
             "ingest_frames": sum(d.frames_ok for d, _ in links),
             "model_calls": stats.calls,
             "model_largest_batch": stats.largest_batch,
-            "inference_us_per_window": (stats.busy_ns - busy_before) / 1e3 / max(1, windows),
+            "inference_us_per_window": stats.busy_ns / 1e3 / max(1, windows),
             "model_only_us_per_window": bare_ns / 1e3 / max(1, bare_windows),
             "pipeline_us_per_window": elapsed * 1e6 / max(1, windows),
             "pipeline_cpu_us_per_window": cpu * 1e6 / max(1, windows),

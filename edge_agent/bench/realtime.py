@@ -35,21 +35,20 @@ def realtime_worker_main(
 ) -> None:
     """The daemon at real time: CPU, memory and window latency over a steady stretch."""
     config = bench_config(ttys, db, port)
-    with running_daemon(config) as daemon:
-        wait(lambda: daemon.windows_committed >= len(ttys), 30, "first windows", 0.01)
+    with running_daemon(config) as (daemon, watch):
+        wait(lambda: watch.committed >= len(ttys), 30, "first windows", 0.01)
         time.sleep(warmup)
-        for acc in daemon.summaries.values():
-            acc.latencies_ms.clear()
-        committed = daemon.windows_committed
+        watch.reset()
+        committed = watch.committed
         threads0 = thread_cpu()
         cpu0, wall0 = cpu_seconds(), time.monotonic()
         time.sleep(seconds)
         cpu, wall = cpu_seconds() - cpu0, time.monotonic() - wall0
         threads1 = thread_cpu()
         rss = rss_mb()
-        latencies = [v for acc in daemon.summaries.values() for v in acc.latencies_ms]
-        stages = np.asarray(daemon.stages[-len(latencies) :], dtype=np.float64).reshape(-1, 4)
-        committed = daemon.windows_committed - committed
+        latencies = list(watch.latencies_ms)
+        stages = np.asarray(watch.stages, dtype=np.float64).reshape(-1, 4)
+        committed = watch.committed - committed
         health = daemon.sensor_health()
         mqtt = daemon.uplink.stats.acked if daemon.uplink else 0
     lat = np.asarray(latencies, dtype=np.float64)
