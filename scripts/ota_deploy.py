@@ -70,6 +70,16 @@ class Session:
             self.cond.notify_all()
 
     def request(self, name: str, args: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """Send one request; a `rate_limited` answer is retried after the wait it names."""
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._request_once(name, args, max(1.0, deadline - time.monotonic()))
+            error = reply.get("error") or {}
+            if error.get("code") != "rate_limited" or time.monotonic() >= deadline:
+                return reply
+            time.sleep(float((error.get("details") or {}).get("retry_after_s", 1.0)))
+
+    def _request_once(self, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         corr = uuid.uuid4().bytes
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = self.reply_topic

@@ -6,6 +6,11 @@ daemon answers each with one JSON line, `{"ok": true, ...}` or
 window result and event until the client hangs up. Commands: `ping`, `status`,
 `reload`, `tail`.
 
+Requests are checked like the MQTT ones: a line longer than `commands.max_request_bytes`
+(64 KiB by default) is answered `too_large` and the connection closed; NaN, Infinity,
+nesting too deep, a `cmd` that is not a short printable name and `tail` options of the
+wrong kind are answered `bad request: ...`, quoting at most a short prefix of the input.
+
 Access is file permissions: the socket is mode 0660, so its owner (the service
 user) and members of its group may connect, nobody else. The socket is bound
 under a temporary name, given its mode, then renamed into place, so it is never
@@ -28,12 +33,16 @@ from typing import Any
 
 from edge_agent.config import AgentConfig
 from edge_agent.errors import EdgeAgentError
+from edge_agent.sync.limits import MESSAGE_CHARS, bounded, loads_finite
 
 log = logging.getLogger(__name__)
 
 SOCKET_MODE = 0o660
-LINE_LIMIT = 1 << 20
+LINE_LIMIT = 64 * 1024
+"""Default longest request line (`commands.max_request_bytes` sets it)."""
 TAIL_QUEUE = 2000
+CMD_CHARS = 64
+"""Longest command name; a longer one is refused without being quoted back."""
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -167,12 +176,21 @@ class ControlServer:
         path: Socket path.
         handlers: Command name → coroutine taking the request, returning the reply body.
         tail: Where `tail` clients get their records.
+        max_request_bytes: Longest request line; a longer one is answered with an error and
+            the connection closed, without the line being read into memory whole.
     """
 
-    def __init__(self, path: Path, handlers: Mapping[str, Handler], tail: TailFanout) -> None:
+    def __init__(
+        self,
+        path: Path,
+        handlers: Mapping[str, Handler],
+        tail: TailFanout,
+        max_request_bytes: int = LINE_LIMIT,
+    ) -> None:
         self.path = path
         self.handlers = handlers
         self.tail = tail
+        self.max_request_bytes = max_request_bytes
         self._server: asyncio.Server | None = None
         self._inode: int | None = None
         self._clients: set[asyncio.Task[None]] = set()
@@ -187,7 +205,9 @@ class ControlServer:
         """
         sock = bind_control_socket(self.path)
         self._inode = os.stat(self.path).st_ino
-        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=LINE_LIMIT)
+        self._server = await asyncio.start_unix_server(
+            self._serve, sock=sock, limit=self.max_request_bytes
+        )
 
     async def serve(self) -> None:
         """Serve until cancelled; raises the first unexpected failure of a conversation.
@@ -249,7 +269,11 @@ class ControlServer:
             try:
                 line = await reader.readline()
             except ValueError:
-                await _send(writer, _error(f"request longer than {LINE_LIMIT} bytes"))
+                limit = self.max_request_bytes
+                await _send(
+                    writer,
+                    _error(f"request longer than {limit} bytes", code="too_large", limit=limit),
+                )
                 return
             if not line:
                 return
@@ -257,9 +281,7 @@ class ControlServer:
                 continue
             self.requests += 1
             try:
-                request = json.loads(line)
-                if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-                    raise ValueError("expected a JSON object with a string 'cmd'")
+                request = parse_request(line)
             except ValueError as err:
                 await _send(writer, _error(f"bad request: {err}"))
                 continue
@@ -276,7 +298,7 @@ class ControlServer:
                 reply = await handler(request)
             except Exception as err:
                 log.exception("control: %s failed", cmd)
-                reply = _error(f"{cmd} failed: {err}")
+                reply = _error(f"{cmd} failed: {bounded(str(err), MESSAGE_CHARS)}")
             await _send(writer, reply)
 
     async def _tail(
@@ -312,8 +334,34 @@ class ControlServer:
             self.tail.unsubscribe(q)
 
 
-def _error(message: str) -> dict[str, Any]:
-    return {"ok": False, "error": message}
+def parse_request(line: bytes) -> dict[str, Any]:
+    """One request line: a JSON object with a short `cmd` and sensible `tail` options.
+
+    Raises:
+        ValueError: not UTF-8 JSON, not an object, NaN or infinite numbers, nested too
+            deeply, a missing or overlong `cmd`, or `tail` options of the wrong kind. The
+            message never quotes more than a short prefix of the input.
+    """
+    request = loads_finite(line)
+    if not isinstance(request, dict):
+        raise ValueError("expected a JSON object with a string 'cmd'")
+    cmd = request.get("cmd")
+    if not isinstance(cmd, str) or not cmd:
+        raise ValueError("expected a JSON object with a string 'cmd'")
+    if len(cmd) > CMD_CHARS or not cmd.isprintable():
+        raise ValueError(f"'cmd' must be a name of at most {CMD_CHARS} printable characters")
+    if cmd == "tail":
+        sensor = request.get("sensor")
+        if sensor is not None and not (isinstance(sensor, str) and 0 < len(sensor) <= 255):
+            raise ValueError("'sensor' must be a sensor name")
+        for flag in ("events", "results"):
+            if not isinstance(request.get(flag, True), bool):
+                raise ValueError(f"{flag!r} must be true or false")
+    return request
+
+
+def _error(message: str, **extra: Any) -> dict[str, Any]:
+    return {"ok": False, "error": bounded(message, MESSAGE_CHARS), **extra}
 
 
 async def _send(writer: asyncio.StreamWriter, body: dict[str, Any]) -> None:

@@ -125,7 +125,12 @@ class ServiceHub:
 
     async def _open_control(self) -> ControlServer:
         path = control_socket_path(self.config())
-        server = ControlServer(path, self.commands, self.tail)
+        server = ControlServer(
+            path,
+            self.commands,
+            self.tail,
+            max_request_bytes=self.config().commands.max_request_bytes,
+        )
         await server.start()
         self.control = server
         log.info("control socket: %s", path)

@@ -34,6 +34,15 @@ from edge_agent.errors import CommandError, ConfigEditError
 from edge_agent.events import Emit
 from edge_agent.registry import CommandRegistry
 from edge_agent.store.db import dumps
+from edge_agent.sync.limits import (
+    MAX_CORRELATION_BYTES,
+    NAME_CHARS,
+    DoorLimits,
+    bounded,
+    bounded_error,
+    loads_finite,
+    reply_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +81,7 @@ class CommandServer:
         self.emit = emit
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.limits = DoorLimits(lambda: self.config().commands)
         # Requests from paho's callback, and failures of their tasks (raised by run()).
         self._requests: asyncio.Queue[tuple[mqtt.Client, mqtt.MQTTMessage] | BaseException] = (
             asyncio.Queue()
@@ -127,19 +137,40 @@ class CommandServer:
 
     async def _handle(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         received = time.time()
-        name = message.topic.rsplit("/", 1)[-1]
+        name = bounded(message.topic.rsplit("/", 1)[-1], NAME_CHARS)
         props = getattr(message, "properties", None)
-        response_topic = getattr(props, "ResponseTopic", None) or f"{self.root}/reply/{name}"
+        default_topic = f"{self.root}/reply/{name}"
+        response_topic = reply_topic(getattr(props, "ResponseTopic", None), default_topic)
         correlation = getattr(props, "CorrelationData", None)
         request_id: str | None = None
+        # Checked before parsing: a flood or a huge request costs a comparison, no more.
+        size = len(message.payload) + len(correlation or b"")
+        refusal = self.limits.check(name, size)
+        if refusal is None and correlation is not None and len(correlation) > MAX_CORRELATION_BYTES:
+            response_topic, correlation = default_topic, None
+            refusal = self.limits.refuse_too_large(name, "correlation data", MAX_CORRELATION_BYTES)
+        if refusal is not None:
+            err = refusal.error
+            if refusal.audit:
+                self._audit(name, None, False, f"{err.code}: {err}")
+            if refusal.answer:
+                error = bounded_error(err.code, str(err), err.details)
+                self._publish(
+                    client, response_topic, correlation, self._reply(None, name, False, error=error)
+                )
+            return
         try:
             try:
-                raw = json.loads(message.payload)
+                raw = loads_finite(message.payload)
                 request = CommandRequest.model_validate(raw)
             except (ValueError, UnicodeDecodeError) as err:
-                if isinstance(raw_id := _maybe_id(message.payload), str):
+                if isinstance(raw_id := _maybe_id(message.payload), str) and len(raw_id) <= 128:
                     request_id = raw_id
-                detail = err.errors(include_url=False) if isinstance(err, ValidationError) else None
+                detail = (
+                    err.errors(include_url=False, include_input=False)
+                    if isinstance(err, ValidationError)
+                    else None
+                )
                 raise CommandError(
                     "bad_request",
                     'the request must be a JSON object {"id": str, "args": {...}}',
@@ -164,14 +195,11 @@ class CommandServer:
             self._audit(name, request_id, True, None)
         except CommandError as err:
             reply = self._reply(
-                request_id,
-                name,
-                False,
-                error={"code": err.code, "message": str(err), "details": err.details},
+                request_id, name, False, error=bounded_error(err.code, str(err), err.details)
             )
             if request_id is not None and err.code not in ("bad_request",):
                 self._remember(request_id, reply)
-            self._audit(name, request_id, False, f"{err.code}: {err}")
+            self._audit(name, request_id, False, bounded(f"{err.code}: {err}", 512))
         except TimeoutError:
             reply = self._reply(
                 request_id, name, False, error={"code": "timeout", "message": "command timed out"}
@@ -179,10 +207,8 @@ class CommandServer:
             self._audit(name, request_id, False, "timeout")
         except Exception as err:  # a bug: answer rather than leave the caller waiting
             log.exception("command %s failed", name)
-            reply = self._reply(
-                request_id, name, False, error={"code": "internal", "message": str(err)}
-            )
-            self._audit(name, request_id, False, f"internal: {err}")
+            reply = self._reply(request_id, name, False, error=bounded_error("internal", str(err)))
+            self._audit(name, request_id, False, bounded(f"internal: {err}", 512))
         self._publish(client, response_topic, correlation, reply)
 
     def _reply(self, request_id: str | None, name: str, ok: bool, **body: Any) -> bytes:
@@ -265,8 +291,8 @@ class AgentCommands:
 
     async def _ping(self, args: dict[str, Any]) -> dict[str, Any]:
         return {
-            "echo": args.get("echo"),
-            "request_ts": args.get("ts"),
+            "echo": bounded(args.get("echo")),
+            "request_ts": bounded(args.get("ts")),
             "received_ts": args.get("_received_ts", time.time()),
             "replied_ts": time.time(),
             "pid": os.getpid(),
@@ -333,7 +359,7 @@ def _reload_reply(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _maybe_id(payload: bytes | bytearray) -> Any:
     try:
-        data = json.loads(payload)
+        data = loads_finite(payload)
     except (ValueError, UnicodeDecodeError):
         return None
     return data.get("id") if isinstance(data, dict) else None
