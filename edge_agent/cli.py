@@ -157,6 +157,16 @@ def simulate(
     link_dir: Annotated[
         Path | None, typer.Option(help="Also create stable symlinks here (like /dev/serial/by-id).")
     ] = None,
+    wire: Annotated[
+        str,
+        typer.Option(
+            help="What the devices speak: v1 (our firmware), witmotion, witmotion-ble, text "
+            "(a sketch printing lines of numbers)."
+        ),
+    ] = "v1",
+    garbage_every: Annotated[
+        int, typer.Option(min=0, help="text: also print one bad line every N samples.")
+    ] = 0,
 ) -> None:
     """Emulate IMU devices on pseudo-terminals; prints the tty to point a `serial` sensor at."""
     from edge_agent.inference.bundle import shipped_recording
@@ -167,7 +177,17 @@ def simulate(
         raise typer.Exit(EXIT_CONFIG)
     source = None if synthetic else (recording or shipped_recording())
     try:
-        run_simulator(devices, source, rate, max_rate, seconds, link_dir, sys.stdout)
+        run_simulator(
+            devices,
+            source,
+            rate,
+            max_rate,
+            seconds,
+            link_dir,
+            sys.stdout,
+            wire=wire,
+            garbage_every=garbage_every,
+        )
     except (OSError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err

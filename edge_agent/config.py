@@ -370,7 +370,7 @@ class SensorBase(Section):
     profile: ProfileConfig = Field(
         default_factory=default_profile,
         description="What the device speaks: a table chosen by `protocol` ('v1' (default), "
-        "'witmotion', 'witmotion-ble'), e.g. { protocol = \"witmotion\", rate_hz = 10 }; "
+        "'witmotion', 'witmotion-ble', 'text'), e.g. { protocol = \"witmotion\", rate_hz = 10 }; "
         "a bare protocol name also works.",
     )
     silence_limit_s: float = Field(
@@ -395,7 +395,7 @@ class SerialSensorConfig(SensorBase):
         gt=0,
         le=20_000_000,
         description="Baud rate (ignored by USB-CDC); default: the profile's usual rate "
-        "(9600 for witmotion), else 921600.",
+        "(9600 for witmotion, 115200 for text), else 921600.",
     )
     reopen_interval_s: float = Field(
         default=0.5, gt=0, le=60, description="How often to retry opening a missing port."

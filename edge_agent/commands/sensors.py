@@ -54,12 +54,15 @@ ProfileOption = Annotated[
     typer.Option(
         "--profile",
         "-p",
-        help="Device profile: v1, witmotion, witmotion-ble (default: the sensor's, else v1).",
+        help="Device profile: v1, witmotion, witmotion-ble, text (default: the sensor's, else v1).",
     ),
 ]
 RateOption = Annotated[
     float | None,
-    typer.Option("--rate", help="Output rate set on a witmotion device (default: learned)."),
+    typer.Option(
+        "--rate",
+        help="Output rate of a device without a clock (witmotion, text; default: learned).",
+    ),
 ]
 BaudOption = Annotated[
     int | None, typer.Option("--baudrate", help="Serial baud rate (default: the profile's).")
@@ -290,6 +293,7 @@ _ERROR_KEYS = (
     "oversize",
     "incomplete_samples",
     "garbage_bytes",
+    "bad_lines",
     "seq_gaps",
     "frames_lost",
     "duplicates",

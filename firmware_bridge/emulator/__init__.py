@@ -14,6 +14,7 @@ One module per concern:
   model of a waist-worn IMU;
 - :mod:`~firmware_bridge.emulator.v1`: protocol v1 frames (:func:`encode_stream`);
 - :mod:`~firmware_bridge.emulator.witmotion`: WitMotion vendor packets;
+- :mod:`~firmware_bridge.emulator.text`: a sketch printing one line of numbers per sample;
 - :mod:`~firmware_bridge.emulator.capture`: raw captures recorded on a gateway;
 - :mod:`~firmware_bridge.emulator.pty`: the pseudo-terminal and its symlink;
 - :mod:`~firmware_bridge.emulator.device`: :class:`DeviceEmulator`, the paced writer;
@@ -28,12 +29,14 @@ from firmware_bridge.emulator.motion import GRAVITY, MotionSource, default_scale
 from firmware_bridge.emulator.recording import CsvRecording, RecordingError
 from firmware_bridge.emulator.simulator import run_simulator
 from firmware_bridge.emulator.synthetic import ACTIVITIES, SyntheticMotion
+from firmware_bridge.emulator.text import GARBAGE_LINES, TextEncoder, encode_text
 from firmware_bridge.emulator.v1 import encode_stream
 from firmware_bridge.emulator.witmotion import encode_witmotion, witmotion_packets
 
 __all__ = [
     "ACTIVITIES",
     "CAPTURE_MAGIC",
+    "GARBAGE_LINES",
     "GRAVITY",
     "WIRES",
     "Capture",
@@ -44,8 +47,10 @@ __all__ = [
     "MotionSource",
     "RecordingError",
     "SyntheticMotion",
+    "TextEncoder",
     "default_scales",
     "encode_stream",
+    "encode_text",
     "encode_witmotion",
     "run_simulator",
     "witmotion_packets",

@@ -17,6 +17,7 @@ from typing import Self
 from firmware_bridge.emulator.capture import Capture, CaptureEncoder
 from firmware_bridge.emulator.motion import MotionSource
 from firmware_bridge.emulator.pty import Pty, point_symlink, remove_symlink
+from firmware_bridge.emulator.text import TextEncoder
 from firmware_bridge.emulator.v1 import StreamEncoder
 from firmware_bridge.emulator.witmotion import WitMotionEncoder
 from firmware_bridge.protocol.v1 import Hello
@@ -25,11 +26,11 @@ __all__ = ["WIRES", "DeviceEmulator"]
 
 _log = logging.getLogger(__name__)
 
-WIRES = ("v1", "witmotion", "witmotion-ble")
+WIRES = ("v1", "witmotion", "witmotion-ble", "text")
 """Wire formats an emulated device can speak."""
 
 
-Encoder = StreamEncoder | WitMotionEncoder | CaptureEncoder
+Encoder = StreamEncoder | WitMotionEncoder | TextEncoder | CaptureEncoder
 
 
 class _Device:
@@ -229,6 +230,7 @@ class DeviceEmulator:
         outputs: Sequence[str] = ("acc", "gyro", "angle"),
         speed: float = 1.0,
         loop: bool = True,
+        garbage_every: int = 0,
     ) -> None:
         """Configure the device; nothing is opened until :meth:`start`.
 
@@ -251,8 +253,11 @@ class DeviceEmulator:
                 on a serial port) or ``"witmotion-ble"`` (WT901BLE notifications). Vendor
                 wires send no HELLO, STATUS, seq or timestamps, so ``firmware``,
                 ``stream_id``, ``scales``, ``hello_every_s`` and ``status_every_s`` do not
-                apply to them.
+                apply to them. ``"text"``: a sketch printing one line of numbers per sample
+                (profile ``text``).
             outputs: The packets per sample of a ``"witmotion"`` device.
+            garbage_every: A ``"text"`` device also prints one bad line every this many
+                samples (0: never), like a noisy serial port.
             speed: Playback speed of a :class:`Capture` source (2.0: twice as fast).
             loop: Whether a :class:`Capture` source starts over when it ends.
 
@@ -274,6 +279,11 @@ class DeviceEmulator:
                 hello_every_s=hello_every_s,
                 status_every_s=status_every_s,
             )
+        elif wire == "text":
+            self._encoder = TextEncoder(
+                source, device_id=device_id, rate_hz=rate_hz, batch=batch,
+                garbage_every=garbage_every,
+            )  # fmt: skip
         elif wire in WIRES:
             self._encoder = WitMotionEncoder(
                 source, wire=wire, device_id=device_id, rate_hz=rate_hz, batch=batch,

@@ -26,6 +26,9 @@ def run_simulator(
     duration_s: float | None,
     link_dir: Path | None,
     out: TextIO,
+    *,
+    wire: str = "v1",
+    garbage_every: int = 0,
 ) -> None:
     """Run emulated devices until ``duration_s`` passes or the user presses Ctrl-C.
 
@@ -42,6 +45,8 @@ def run_simulator(
         duration_s: Stop after this long; run until interrupted if None.
         link_dir: Directory for per-device symlinks, created if missing.
         out: Where the device lines are printed.
+        wire: What the devices speak (:data:`~firmware_bridge.emulator.device.WIRES`).
+        garbage_every: A ``text`` device also prints a bad line every this many samples.
 
     Raises:
         ValueError: ``devices`` is less than 1.
@@ -68,6 +73,8 @@ def run_simulator(
                 rate_hz=play_rate,
                 max_rate=max_rate,
                 link_path=link_dir / device_id if link_dir is not None else None,
+                wire=wire,
+                garbage_every=garbage_every,
             )
             stack.enter_context(emulator)
             emulators.append(emulator)

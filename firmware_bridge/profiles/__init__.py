@@ -10,6 +10,8 @@ protocol                  devices
 ``v1`` (default)          our firmware, over serial or a BLE UART service
 ``witmotion``             WitMotion WT901 family, 11-byte 0x55 packets on a serial port
 ``witmotion-ble``         WitMotion WT901BLE family, 20-byte 0x55 0x61 BLE notifications
+``text``                  numbers printed one sample per line (Arduino sketches, Edge Impulse
+                          data forwarder)
 ========================  ==================================================================
 """
 
@@ -23,6 +25,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field
 
 from firmware_bridge.profiles.base import Profile, ProfileConfigBase
+from firmware_bridge.profiles.text import TextConfig
 from firmware_bridge.profiles.v1 import V1Config
 from firmware_bridge.profiles.witmotion import WitMotionConfig
 from firmware_bridge.profiles.witmotion_ble import WitMotionBleConfig
@@ -31,6 +34,7 @@ __all__ = [
     "Profile",
     "ProfileConfig",
     "ProfileConfigBase",
+    "TextConfig",
     "V1Config",
     "WitMotionBleConfig",
     "WitMotionConfig",
@@ -45,6 +49,7 @@ _PROFILES: dict[str, str] = {
     "v1": "firmware_bridge.profiles.v1:V1Profile",
     "witmotion": "firmware_bridge.profiles.witmotion:WitMotionProfile",
     "witmotion-ble": "firmware_bridge.profiles.witmotion_ble:WitMotionBleProfile",
+    "text": "firmware_bridge.profiles.text:TextProfile",
 }
 
 
@@ -58,7 +63,7 @@ def _shorthand(value: Any) -> Any:
 
 
 ProfileConfig = Annotated[
-    V1Config | WitMotionConfig | WitMotionBleConfig,
+    V1Config | WitMotionConfig | WitMotionBleConfig | TextConfig,
     Field(discriminator="protocol"),
     BeforeValidator(_shorthand),
 ]

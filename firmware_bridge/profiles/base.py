@@ -259,6 +259,8 @@ class HostTimedProfile(Profile):
 
     channels: tuple[ChannelInfo, ...]
     supported_rates: ClassVar[tuple[float, ...]] = ()
+    #: How close (relative) a measured rate must be to a supported one to snap to it.
+    snap_tolerance: ClassVar[float] = 0.15
     firmware: ClassVar[str] = "unknown"
     stats: HostTimedStats
 
@@ -270,6 +272,8 @@ class HostTimedProfile(Profile):
     def __init__(self, config: Any, *, device_id: str) -> None:
         super().__init__(config, device_id=getattr(config, "device_id", None) or device_id)
         self.stats = HostTimedStats()
+        #: Rates a learned rate snaps to (the class's, unless the config lists its own).
+        self.rates: tuple[float, ...] = self.supported_rates
         declared = getattr(config, "rate_hz", None)
         self._declared: float | None = float(declared) if declared else None
         self._rate: float | None = self._declared
@@ -342,7 +346,7 @@ class HostTimedProfile(Profile):
         clock = self._clock
         if clock is not None and self._rate and abs(measured - self._rate) <= 0.1 * self._rate:
             clock.period_s = 1.0 / measured  # follow the device's crystal, not its nominal rate
-        snapped = snap_rate(measured, self.supported_rates)
+        snapped = snap_rate(measured, self.rates, self.snap_tolerance)
         if self._rate is None:
             self._rate = snapped
         elif self._declared is None and abs(snapped - self._rate) > 0.1 * self._rate:
