@@ -270,6 +270,10 @@ class _Connection:
                 sock.close()
         if self._tls is not None:
             self._tls.close_all()
+        # paho may still call these from its own cleanup (garbage collection of a client
+        # whose socket it did not see closed), possibly after the loop is gone.
+        self.client.on_socket_close = None
+        self.client.on_socket_unregister_write = None
 
 
 class MqttUplink:
