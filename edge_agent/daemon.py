@@ -127,7 +127,7 @@ class Daemon:
         self.faces: FacePipeline | None = None
         self.uplink: MqttUplink | None = None
         self.registry = CommandRegistry()
-        self.commands = CommandServer(self.registry, self._config, emit)
+        self.commands = CommandServer(self.registry, self._config, emit, self.counters.inc)
         self.service = ServiceHub(
             config=self._config,
             health=self.health,

@@ -90,6 +90,7 @@ class SensorLinks:
                 "crc_errors": dec.crc_errors if dec else 0,
                 "resyncs": dec.resyncs if dec else 0,
                 "windows_dropped": sum(m.cursor.dropped for s in streams for m in s.attached),
+                "hellos_rejected": sum(s.stats.hellos_rejected for s in streams),
                 "models": {
                     m.slot.ref: (m.failed or "ok") if m.enabled else m.reason
                     for s in streams

@@ -288,6 +288,15 @@ def test_config_set_that_would_brick_or_flood_is_refused_and_nothing_saved(
     assert req.request("ping", {"id": uuid.uuid4().hex})["ok"] is True
 
 
+def _keys(value: Any) -> set[str]:
+    """Every key of a nested JSON value."""
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in _keys(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in _keys(v)}
+    return set()
+
+
 def _command_names(req: Requester) -> list[str]:
     reply = req.request("no.such.command", {"id": uuid.uuid4().hex})
     names = reply["error"]["details"]
@@ -366,6 +375,8 @@ def test_a_flood_is_answered_rate_limited_and_audited_once(
             if e["event"] == "command.rejected" and "rate_limited" in str(e.get("error"))
         ]  # fmt: skip
         assert len(audits) <= 2
+        status = req.request("status", {"id": uuid.uuid4().hex}, timeout=10)
+        assert 'commands_refused{reason="rate_limited"}' in _keys(status), status
     finally:
         fast = {"commands.rate_per_s": 10_000.0, "commands.burst": 10_000}
 

@@ -166,6 +166,12 @@ class SensorHealth(_Part):
     windows_dropped: int = Field(
         ge=0, description="Windows not run because their samples were not contiguous."
     )
+    hellos_rejected: int = Field(
+        default=0,
+        ge=0,
+        description="HELLO frames refused since start: malformed, or announcing a sample rate, "
+        "channels or scales that make no sense (docs/protocol.md §3).",
+    )
     models: dict[str, str] = Field(
         description="Each model reference configured for the sensor → `ok` or why it is not "
         "running."

@@ -32,6 +32,7 @@ from edge_agent.config import AgentConfig, render_config
 from edge_agent.config_edit import edit_config
 from edge_agent.errors import CommandError, ConfigEditError
 from edge_agent.events import Emit
+from edge_agent.metrics import Inc
 from edge_agent.registry import CommandRegistry
 from edge_agent.store.db import dumps
 from edge_agent.sync.limits import (
@@ -71,17 +72,22 @@ class CommandServer:
         registry: The commands (shared with the control socket).
         config: The running config (topic root, device id, `commands.allow`/`deny`).
         emit: Where the audit events go.
+        inc: Counter port for requests refused at the door (size, rate).
     """
 
     def __init__(
-        self, registry: CommandRegistry, config: Callable[[], AgentConfig], emit: Emit
+        self,
+        registry: CommandRegistry,
+        config: Callable[[], AgentConfig],
+        emit: Emit,
+        inc: Inc | None = None,
     ) -> None:
         self.registry = registry
         self.config = config
         self.emit = emit
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.limits = DoorLimits(lambda: self.config().commands)
+        self.limits = DoorLimits(lambda: self.config().commands, inc=inc)
         # Requests from paho's callback, and failures of their tasks (raised by run()).
         self._requests: asyncio.Queue[tuple[mqtt.Client, mqtt.MQTTMessage] | BaseException] = (
             asyncio.Queue()

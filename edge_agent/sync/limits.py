@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edge_agent.errors import CommandError
+from edge_agent.metrics import Inc
 
 __all__ = [
     "CHUNK_COMMANDS",
@@ -133,15 +134,18 @@ class DoorLimits:
     Args:
         config: Returns the current `[commands]` section (it may change on reload).
         clock: Monotonic clock (a test may pass its own).
+        inc: Counter port: `commands_refused{reason=too_large|rate_limited|unanswered}`.
     """
 
     def __init__(
         self,
         config: Callable[[], LimitsConfig],
         clock: Callable[[], float] = time.monotonic,
+        inc: Inc | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
+        self._inc = inc
         now = clock()
         current = config()
         self._requests = TokenBucket(current.rate_per_s, current.burst, now)
@@ -166,11 +170,13 @@ class DoorLimits:
         wait = self._requests.take(now)
         if wait > 0:
             self.stats.rate_limited += 1
+            self._count("rate_limited")
             audit = not self._flooding
             self._flooding = True
             answer = self._refusals.take(now) == 0
             if not answer:
                 self.stats.unanswered += 1
+                self._count("unanswered")
             error = CommandError(
                 "rate_limited",
                 f"more than {config.rate_per_s:g} requests a second (burst {config.burst}); "
@@ -190,6 +196,7 @@ class DoorLimits:
     ) -> Refusal:
         """The refusal of a request (or a part of it, `what`) over `limit` bytes."""
         self.stats.too_large += 1
+        self._count("too_large")
         where = f" ({setting})" if setting else ""
         error = CommandError(
             "too_large",
@@ -197,6 +204,10 @@ class DoorLimits:
             {"command": bounded(name, NAME_CHARS), "limit": limit},
         )
         return Refusal(error, True, True)
+
+    def _count(self, reason: str) -> None:
+        if self._inc is not None:
+            self._inc("commands_refused", reason=reason)
 
 
 def bounded(value: Any, limit: int = ECHO_CHARS) -> Any:
