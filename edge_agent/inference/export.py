@@ -27,6 +27,9 @@ from ai_edge_litert import schema_py_generated as fb
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_agent.inference.minirocket import MiniRocket
+from edge_agent.inference.minirocket import transform as rocket_transform
+
 F32 = NDArray[np.float32]
 
 OPSET = 17
@@ -173,7 +176,11 @@ def sliding_windows(series: F32, window: int, hop: int) -> F32:
 
 @dataclass(frozen=True)
 class Classifier:
-    """What training produced: feature standardisation and MLP layers (weights [in, out])."""
+    """What training produced: feature standardisation and dense layers (weights [in, out]).
+
+    With `rocket`, the MiniRocket features follow the layout's features; one dense layer is
+    then a linear classifier.
+    """
 
     layout: FeatureLayout
     labels: list[str]
@@ -181,10 +188,29 @@ class Classifier:
     feature_inv_std: F32
     weights: list[F32]
     biases: list[F32]
+    rocket: MiniRocket | None = None
 
     def hidden_layers(self) -> list[tuple[F32, F32]]:
         """(weight, bias) pairs in order."""
         return list(zip(self.weights, self.biases, strict=True))
+
+    @property
+    def width(self) -> int:
+        """Number of features the dense layers take."""
+        return len(self.layout.names()) + (self.rocket.width if self.rocket else 0)
+
+    def describe(self) -> str:
+        """The feature stage in one sentence."""
+        text = self.layout.describe()
+        return f"{text}; {self.rocket.describe()}" if self.rocket else text
+
+
+def model_features(windows: F32, model: Classifier) -> F32:
+    """The features the model's graphs compute from [N, W, C] windows, as [N, width]."""
+    hand = features_numpy(windows, model.layout)
+    if model.rocket is None:
+        return hand
+    return np.concatenate([hand, rocket_transform(windows, model.rocket)], axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,10 +322,34 @@ def onnx_feature_model(layout: FeatureLayout, name: str) -> onnx.ModelProto:
     return _onnx_finish(g, out, len(layout.names()), layout, name, "feature stage only", [])
 
 
+def _onnx_rocket(g: _OnnxGraph, x: str, rocket: MiniRocket) -> str:
+    # Conv wants [N, C, T]; each dilation is one Conv whose outputs are kernel x bias pairs,
+    # the bias entering as the Conv's own (negated) bias, so PPV is mean(output > 0).
+    xt = g.op("Transpose", [x], "rocket_input", perm=[0, 2, 1])
+    parts: list[str] = []
+    zero = g.const("rocket_zero", np.array(0.0, dtype=np.float32))
+    for d in rocket.dilations:
+        p = f"rocket_d{d.dilation}"
+        conv = g.op(
+            "Conv",
+            [xt, g.const(f"{p}_w", d.weights), g.const(f"{p}_b", -d.biases)],
+            f"{p}_conv",
+            dilations=[d.dilation],
+            kernel_shape=[d.weights.shape[2]],
+        )
+        positive = g.op("Greater", [conv, zero], f"{p}_positive")
+        as_float = g.op("Cast", [positive], f"{p}_float", to=TensorProto.FLOAT)
+        parts.append(g.op("ReduceMean", [as_float], f"{p}_ppv", axes=[2], keepdims=0))
+    return g.op("Concat", parts, "rocket_features", axis=1)
+
+
 def onnx_classifier(model: Classifier, name: str, doc: str) -> onnx.ModelProto:
     """Features → standardisation → MLP (MatMul/Add/Relu) → Softmax, as one fp32 graph."""
     g = _OnnxGraph()
     features = _onnx_features(g, INPUT_NAME, model.layout)
+    if model.rocket is not None:
+        rocket = _onnx_rocket(g, INPUT_NAME, model.rocket)
+        features = g.op("Concat", [features, rocket], "all_features", axis=1)
     # Standardisation stays a plain Sub/Mul in fp32: only MatMuls get quantized, and they
     # then see inputs of unit scale, which suits a per-tensor int8 range.
     z = g.op("Sub", [features, g.const("feature_mean", model.feature_mean)], "centred_features")
@@ -376,6 +426,7 @@ _TENSOR_TYPES = {
     np.dtype(np.float32): fb.TensorType.FLOAT32,
     np.dtype(np.int32): fb.TensorType.INT32,
     np.dtype(np.int8): fb.TensorType.INT8,
+    np.dtype(np.bool_): fb.TensorType.BOOL,
 }
 
 
@@ -567,6 +618,77 @@ def _tflite_features(g: _TfliteGraph, x: int, layout: FeatureLayout) -> int:
     )
 
 
+def _tflite_rocket(g: _TfliteGraph, x: int, rocket: MiniRocket) -> int:
+    # CONV_2D wants NHWC: the window becomes [N, 1, T, C] and each dilation one convolution
+    # with a [K, 1, 9, C] filter (the negated biases as its bias), so PPV is mean(out > 0).
+    t, c = rocket.window, rocket.channels
+    shape = g.const("rocket_shape", np.array([-1, 1, t, c], dtype=np.int32))
+    ropts = fb.ReshapeOptionsT()
+    ropts.newShape = [-1, 1, t, c]
+    image = g.op(
+        _OP.RESHAPE, [x, shape], [g.tensor("rocket_input", [1, t, c])], _OPT.ReshapeOptions, ropts
+    )
+    zero = g.const("rocket_zero", np.zeros((1,), dtype=np.float32))
+    parts: list[int] = []
+    for d in rocket.dilations:
+        p = f"rocket_d{d.dilation}"
+        k, _, taps = d.weights.shape
+        length = t - (taps - 1) * d.dilation
+        filt = np.ascontiguousarray(d.weights.transpose(0, 2, 1)[:, None, :, :])  # [K,1,9,C]
+        copts = fb.Conv2DOptionsT()
+        copts.padding = fb.Padding.VALID
+        copts.strideH = copts.strideW = 1
+        copts.dilationHFactor = 1
+        copts.dilationWFactor = d.dilation
+        copts.fusedActivationFunction = fb.ActivationFunctionType.NONE
+        conv = g.op(
+            _OP.CONV_2D,
+            [image, g.const(f"{p}_w", filt), g.const(f"{p}_b", -d.biases)],
+            [g.tensor(f"{p}_conv", [1, length, k])],
+            _OPT.Conv2DOptions,
+            copts,
+            version=2,
+        )
+        positive = g.op(
+            _OP.GREATER,
+            [conv, zero],
+            [g.tensor(f"{p}_positive", [1, length, k], np.dtype(np.bool_))],
+            _OPT.GreaterOptions,
+            fb.GreaterOptionsT(),
+        )
+        cast_opts = fb.CastOptionsT()
+        cast_opts.inDataType = fb.TensorType.BOOL
+        cast_opts.outDataType = fb.TensorType.FLOAT32
+        as_float = g.op(
+            _OP.CAST,
+            [positive],
+            [g.tensor(f"{p}_float", [1, length, k])],
+            _OPT.CastOptions,
+            cast_opts,
+        )
+        mopts = fb.ReducerOptionsT()
+        mopts.keepDims = False
+        axes = g.const(f"{p}_axes", np.array([1, 2], dtype=np.int32))
+        parts.append(
+            g.op(
+                _OP.MEAN,
+                [as_float, axes],
+                [g.tensor(f"{p}_ppv", [k])],
+                _OPT.ReducerOptions,
+                mopts,
+            )
+        )
+    copts2 = fb.ConcatenationOptionsT()
+    copts2.axis = 1
+    return g.op(
+        _OP.CONCATENATION,
+        parts,
+        [g.tensor("rocket_features", [rocket.width])],
+        _OPT.ConcatenationOptions,
+        copts2,
+    )
+
+
 @dataclass(frozen=True)
 class TfliteCalibration:
     """Observed float ranges of the tensors that become int8: the MLP input and each layer."""
@@ -576,7 +698,7 @@ class TfliteCalibration:
 
 def calibrate_mlp(model: Classifier, windows: F32) -> TfliteCalibration:
     """Min/max of the standardised features and of every layer's output (after ReLU)."""
-    h = (features_numpy(windows, model.layout) - model.feature_mean) * model.feature_inv_std
+    h = (model_features(windows, model) - model.feature_mean) * model.feature_inv_std
     ranges = [(float(h.min()), float(h.max()))]
     layers = model.hidden_layers()
     for i, (weight, bias) in enumerate(layers):
@@ -599,7 +721,18 @@ def tflite_classifier(
     g = _TfliteGraph(description)
     x = g.tensor(INPUT_NAME, [layout.window, len(layout.channels)])
     features = _tflite_features(g, x, layout)
-    width = len(layout.names())
+    width = model.width
+    if model.rocket is not None:
+        rocket = _tflite_rocket(g, x, model.rocket)
+        opts = fb.ConcatenationOptionsT()
+        opts.axis = 1
+        features = g.op(
+            _OP.CONCATENATION,
+            [features, rocket],
+            [g.tensor("all_features", [width])],
+            _OPT.ConcatenationOptions,
+            opts,
+        )
     mu = g.const("feature_mean", model.feature_mean.astype(np.float32))
     inv = g.const("feature_inv_std", model.feature_inv_std.astype(np.float32))
     z = g.binary(_OP.SUB, features, mu, "centred_features", [width])
