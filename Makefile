@@ -7,7 +7,7 @@ EXTRAS ?= --extra dev
 UV := $(shell command -v uv 2>/dev/null || echo .tools/uv/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run test lint typecheck unit bench train clean
+.PHONY: setup run test lint typecheck unit bench train train-posture clean
 
 .tools/uv/bin/uv:
 	@scripts/bootstrap.sh "$(PYTHON)" "$(UV_VERSION)"
@@ -45,6 +45,12 @@ bench: setup
 train:
 	$(MAKE) setup EXTRAS="--extra dev --extra train"
 	$(VENV)/bin/python scripts/train_imu_model.py
+
+## train-posture: retrain the default posture model from UCI HAPT (HAPT=<dir holding RawData/>)
+train-posture:
+	@test -n "$(HAPT)" || { echo "usage: make train-posture HAPT=<unzipped UCI HAPT dir holding RawData/> (README: Models)"; exit 2; }
+	$(MAKE) setup EXTRAS="--extra dev --extra train"
+	$(VENV)/bin/python scripts/train_posture_model.py "$(HAPT)"
 
 clean:
 	rm -rf $(VENV) .tools .run .mypy_cache .ruff_cache .pytest_cache

@@ -358,7 +358,9 @@ class SensorBase(Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Unique sensor name.")
     models: list[str] = Field(
         default_factory=lambda: ["imu-activity"],
-        description="Model bundles run on this sensor's windows: 'name' or 'name@version'.",
+        description="Model bundles run on this sensor's windows: 'name' or 'name@version' "
+        "(unset: imu-activity, so configs written before imu-posture keep their model; the "
+        "embedded default's sensors name imu-posture).",
     )
     gap_policy: Literal["drop", "ignore"] = Field(
         default="drop",
@@ -467,7 +469,8 @@ class EmulatedSensorConfig(SensorBase):
     link: Literal["emulated"] = Field(description="Link kind.")
     recording: FilePath | None = Field(
         default=None,
-        description="CSV recording to play (default: the shipped model's held-out recording).",
+        description="CSV recording to play (default: the shipped posture model's recording of a "
+        "person it never saw).",
     )
     synthetic: bool = Field(
         default=False, description="Play the synthetic motion generator instead of a recording."
@@ -515,8 +518,10 @@ SensorConfig = Annotated[
 
 def _default_sensors() -> list[SerialSensorConfig | BleSensorConfig | EmulatedSensorConfig]:
     return [
-        EmulatedSensorConfig(name="imu-0", link="emulated"),
-        EmulatedSensorConfig(name="imu-1", link="emulated", start_offset_s=45.0),
+        EmulatedSensorConfig(name="imu-0", link="emulated", models=["imu-posture"]),
+        EmulatedSensorConfig(
+            name="imu-1", link="emulated", models=["imu-posture"], start_offset_s=100.0
+        ),
     ]
 
 
