@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, load_config
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError, StoreError
 from edge_agent.events import Event, EventBus, count_listener, log_listener
 from edge_agent.health import HealthBoard
 from edge_agent.inference.bundle import Bundle, shipped_models_dir
@@ -62,6 +62,9 @@ SWITCH_INTERVAL_S = 0.0005
 """GIL switch interval while the daemon runs (CPython's default is 5 ms)."""
 
 PERIODIC = ("heartbeat", "results", "summaries", "retention", "silence")
+
+STORE_CHECK_S = 1.0
+"""How often the root checks that the store can still persist anything."""
 
 
 class Daemon:
@@ -218,7 +221,8 @@ class Daemon:
     def _notify_uplink(self) -> None:
         loop, uplink = self._loop, self.uplink
         if loop is not None and uplink is not None:
-            loop.call_soon_threadsafe(uplink.notify)
+            with contextlib.suppress(RuntimeError):  # the loop ended: nothing to wake
+                loop.call_soon_threadsafe(uplink.notify)
 
     def _new_uplink(self, config: AgentConfig) -> MqttUplink:
         """An MQTT session for `config`, with remote commands attached."""
@@ -318,10 +322,11 @@ class Daemon:
     def request_stop(self) -> None:
         """Ask `run()` to stop cleanly (thread-safe)."""
         loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self._stop.set)
-        else:
+        if loop is None or loop.is_closed():  # not started, or already ended
             self._stop.set()
+            return
+        with contextlib.suppress(RuntimeError):  # closed meanwhile: it has stopped
+            loop.call_soon_threadsafe(self._stop.set)
 
     def request_reload(self) -> None:
         """Re-read the config soon (SIGHUP; thread-safe). The outcome is logged and recorded."""
@@ -532,6 +537,12 @@ class Daemon:
         if self.faces is not None:
             self._spawn("faces", self.faces.run)
         self._start_periodic(*PERIODIC)
+        assert self._tasks is not None
+        # Not supervised: a store that cannot persist anything ends the process (exit 1),
+        # and systemd's restart is the right answer (see docs/architecture.md).
+        self._running["store-watch"] = self._tasks.create_task(
+            self._watch_store(), name="store-watch"
+        )
         await self._stop.wait()
         await self.ota.close()  # no swap is queued after this
         async with self._reload_lock:  # a reload in progress finishes first
@@ -556,8 +567,18 @@ class Daemon:
         await self.store.call(outbox_depth())
         self._notify_uplink()
         await self.uplink.stop(timeout=3.0)
-        await self._cancel("mqtt", "commands", "control")
+        await self._cancel("mqtt", "commands", "control", "store-watch")
         await self.commands.close()
+
+    async def _watch_store(self) -> None:
+        """Raise StoreError (ending `run()`) once the store's writer is gone."""
+        while True:
+            await asyncio.sleep(STORE_CHECK_S)
+            if not self.store.writer_alive():
+                raise StoreError(
+                    f"{self.store.path}: the store's writer stopped; nothing can be persisted, "
+                    "exiting so the service manager restarts the agent"
+                )
 
     async def _close(self) -> None:
         await self.service.close()

@@ -27,8 +27,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent.commands.control import render_status
 from edge_agent.config import parse_config
 from edge_agent.daemon import Daemon, serving_in_thread
+from edge_agent.errors import StoreError
 from edge_agent.faces.keys import generate_key, write_key_file
 from edge_agent.faces.pipeline import FacePipeline
 from edge_agent.inference.bundle import load_bundle
@@ -488,6 +490,57 @@ def test_status_and_heartbeat_show_components_and_counters(
         )
         assert all(c["restarts"] == 0 for c in status["components"].values())
         assert status["counters"]['events{kind="agent.started"}'] == 1
+        assert "pipeline healthy" in render_status(status)
         daemon.health.degrade("disk full")
-        assert reply()["status"]["health"] == {"state": "degraded", "degraded": ["disk full"]}
+        degraded = reply()["status"]
+        assert degraded["health"] == {"state": "degraded", "degraded": ["disk full"]}
+        assert "degraded: disk full" in render_status(degraded)
         daemon.health.recover("disk full")
+
+
+def test_a_store_that_cannot_persist_anything_ends_the_process(
+    broker: Mosquitto, tmp_path: Path, models: Path
+) -> None:
+    """The one failure that is not contained: the store's writer thread ends (injected by
+    handing it the stop marker its `close()` uses, the narrowest way to end that thread).
+    `run()` ends with StoreError, which `run_daemon` turns into exit code 1 for systemd."""
+    db = tmp_path / "agent.db"
+    with DeviceEmulator(SyntheticMotion(100.0, seed=1), device_id="imu-0") as emu:
+        config = parse_config(
+            {
+                "device": {"id": "gw-sup", "tenant": "t", "site": "s"},
+                "mqtt": {"port": broker.port},
+                "storage": {"path": str(db)},
+                "logging": {"show_results": False},
+                "models": {"dirs": [str(models)]},
+                "service": {"control_socket": str(tmp_path / "agent.sock")},
+                "sensors": [
+                    {"name": "imu-0", "link": "serial", "port": emu.tty_path, "models": [GOOD]}
+                ],
+            },
+            source="test",
+            environ={},
+        )
+        daemon = Daemon(config, handle_signals=False, backoff=FAST)
+        outcome: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                asyncio.run(daemon.run())
+            except BaseException as err:  # inspected below
+                outcome.append(err)
+
+        thread = threading.Thread(target=serve, name="daemon")
+        thread.start()
+        try:
+            wait_for(lambda: daemon.windows_committed > 0 or outcome, 20, "windows")
+            daemon.store._queue.put(None)  # the writer thread ends
+            wait_for(lambda: outcome, 10, "run() to end")
+        finally:
+            daemon.request_stop()
+            thread.join(30)
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], BaseExceptionGroup)
+    (err,) = outcome[0].exceptions
+    assert isinstance(err, StoreError)
+    assert "nothing can be persisted" in str(err)

@@ -142,8 +142,23 @@ def render_status(st: dict[str, Any]) -> str:
     )
     sd = st["systemd"]
     watchdog = f"watchdog {sd['watchdog_s']:g} s" if sd["watchdog_s"] else "no watchdog"
-    health = f"STALLED: {sd['stall']}" if sd["stall"] else "pipeline healthy"
+    degraded = (st.get("health") or {}).get("degraded") or []
+    if sd["stall"]:
+        health = f"STALLED: {sd['stall']}"
+    elif degraded:
+        health = f"degraded: {', '.join(degraded)}"
+    else:
+        health = "pipeline healthy"
     lines.append(f"systemd    notify via {sd['notify']}, {watchdog}, {health}")
+    failing = {name: c for name, c in (st.get("components") or {}).items() if c.get("restarts")}
+    if failing:
+        lines.append(
+            "restarted  "
+            + "; ".join(
+                f"{name} x{c['restarts']} ({c['state']}, last: {c['last_error']})"
+                for name, c in sorted(failing.items())
+            )
+        )
     lines.append("")
     lines.append(
         f"{'SENSOR':<16} {'LINK':<9} {'STATE':<13} {'RATE':>10} {'LAST DATA':>10} "

@@ -180,6 +180,11 @@ class Store:
         """Operations queued and not yet committed."""
         return self._queue.qsize()
 
+    def writer_alive(self) -> bool:
+        """Whether the writer thread runs (False before `open`, after `close`, or if it died)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     # -- the writer thread -----------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
