@@ -297,6 +297,25 @@ def _keys(value: Any) -> set[str]:
     return set()
 
 
+def test_the_running_daemons_control_socket_refuses_nonsense_and_stays_up(
+    gateway: tuple[Requester, Path],
+) -> None:
+    """The real daemon's control socket: an oversized line, garbage and NaN are refused
+    with short answers; the daemon keeps answering on both doors."""
+    req, config = gateway
+    sock = config.parent / "gw.sock"
+    (reply,) = _exchange(sock, b'{"cmd": "ping", "pad": "' + b"x" * 100_000 + b'"}\n')
+    assert reply["code"] == "too_large"
+    for line in (b"\xff\x00garbage", b'{"cmd": "ping", "ts": NaN}', b'{"cmd": "x' + b"y" * 200):
+        (reply,) = _exchange(sock, line + b"\n")
+        assert reply["ok"] is False
+        assert len(json.dumps(reply)) < 1024
+    (ping,) = _exchange(sock, b'{"cmd": "ping", "echo": "' + b"e" * 10_000 + b'"}\n')
+    assert ping["ok"] is True
+    assert len(json.dumps(ping)) < 2048
+    assert req.request("ping", {"id": uuid.uuid4().hex})["ok"] is True
+
+
 def _command_names(req: Requester) -> list[str]:
     reply = req.request("no.such.command", {"id": uuid.uuid4().hex})
     names = reply["error"]["details"]

@@ -32,6 +32,7 @@ from edge_agent.inference.runtime import open_runtime
 from edge_agent.pipeline.stream import ModelSlot, SensorStream
 from firmware_bridge.emulator import DeviceEmulator, SyntheticMotion
 from firmware_bridge.profiles import available_profiles, open_profile, profile_config
+from firmware_bridge.profiles.base import HostTimedProfile
 from firmware_bridge.protocol.v1 import (
     MAX_CHANNELS,
     MAX_SAMPLE_RATE_HZ,
@@ -256,6 +257,28 @@ def test_any_bytes_through_each_decoder_into_a_stream_never_raise(
         for e in stream.ingest(frames, i * 0.1, time.time()):
             assert np.isfinite(e.cut.windows).all()
     assert profile.stats.bytes_in == sum(map(len, chunks))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    protocol=st.sampled_from(["witmotion", "witmotion-ble"]),
+    rate=st.floats() | st.sampled_from([0.0, 0.05, 0.1, 10_000.0, 10_001.0, 1e300]),
+)
+def test_host_timed_profiles_only_announce_rates_that_make_sense(
+    protocol: str, rate: float
+) -> None:
+    """A WitMotion profile's HELLO comes from its configured rate: any value is either refused
+    by the config or gives a HELLO the gateway accepts."""
+    try:
+        config = profile_config(protocol, rate_hz=rate)
+    except ValueError:
+        assert not (math.isfinite(rate) and MIN_SAMPLE_RATE_HZ <= rate <= 10_000)
+        return
+    profile = open_profile(config, device_id="fuzz")
+    assert isinstance(profile, HostTimedProfile)
+    hello = profile.hello()
+    assert hello is not None
+    assert hello_problem(hello) is None
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
