@@ -172,6 +172,12 @@ class SensorHealth(_Part):
         description="HELLO frames refused since start: malformed, or announcing a sample rate, "
         "channels or scales that make no sense (docs/protocol.md §3).",
     )
+    samples_before_hello: int = Field(
+        default=0,
+        ge=0,
+        description="Samples received since start before any valid HELLO announced their "
+        "layout, so dropped undecoded (a device that streams before announcing itself).",
+    )
     models: dict[str, str] = Field(
         description="Each model reference configured for the sensor → `ok` or why it is not "
         "running."

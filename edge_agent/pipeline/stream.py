@@ -168,6 +168,8 @@ class SensorStream:
     groups: dict[int, RateGroup] = field(default_factory=dict)
     notices: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     refused: str | None = None
+    before_hello_reported: int = 0
+    """`stats.samples_before_hello` as of the last `sensor.samples_before_hello` event."""
 
     def __post_init__(self) -> None:
         self.attached = [self._attach(slot) for slot in self.models]
@@ -228,6 +230,17 @@ class SensorStream:
             channels=[c.name for c in hello.channels],
             layout_changed=changed,
         )
+        lost = self.stats.samples_before_hello - self.before_hello_reported
+        if lost > 0:
+            # Samples that came before any layout could not be decoded: say how many, once
+            # per HELLO, so a device that streams before announcing itself is noticed.
+            self.before_hello_reported = self.stats.samples_before_hello
+            self._notice(
+                "sensor.samples_before_hello",
+                "warning",
+                samples=lost,
+                total=self.stats.samples_before_hello,
+            )
 
     def _reject(self, reason: str) -> None:
         """Refuse a HELLO: forget the layout and wait for a good one.

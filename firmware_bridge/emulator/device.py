@@ -52,6 +52,10 @@ class _Device:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.paused = threading.Event()
+        # Set: produce nothing yet (see DeviceEmulator.start(held=True)).
+        self.held = threading.Event()
+        # Set: send HELLO before the next samples (DeviceEmulator.announce()).
+        self.announce = threading.Event()
         self.pty: Pty | None = None
         self.error: BaseException | None = None
         self._pending = b""  # rest of a frame the pty only partly accepted
@@ -94,12 +98,19 @@ class _Device:
         period = encoder.batch / encoder.rate_hz
         due = getattr(encoder, "due_s", None)  # captures: their own irregular schedule
         try:
+            while self.held.is_set() and not self.stop.wait(self._WRITABLE_POLL_S):
+                pass
             start = time.monotonic()
+            self.announce.clear()
             hello = encoder.hello_frame()
             if hello:
                 self._send(hello, 0)
             batch_index = 0
             while not self.stop.is_set():
+                if self.announce.is_set():
+                    self.announce.clear()
+                    if hello:
+                        self._send(hello, 0)
                 if self.paused.is_set():
                     # A hung sensor: connected, silent. The schedule resumes where it was.
                     pause_start = time.monotonic()
@@ -306,8 +317,13 @@ class DeviceEmulator:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, held: bool = False) -> None:
         """Open the pty (and symlink) and start streaming.
+
+        Args:
+            held: Open the pty but produce nothing (not even HELLO) until :meth:`release`,
+                like a sensor powered by the host opening its port. A reader that opens the
+                pty later (pyserial's open discards what is waiting) then loses nothing.
 
         Raises:
             RuntimeError: The emulator was already started or closed.
@@ -317,6 +333,8 @@ class DeviceEmulator:
             raise RuntimeError(f"{self.device_id}: cannot start a closed emulator")
         if self._thread is not None:
             raise RuntimeError(f"{self.device_id}: already started")
+        if held:
+            self._device.held.set()
         self._device.plug()
         thread = threading.Thread(
             target=self._device.run, name=f"emulator-{self.device_id}", daemon=True
@@ -378,6 +396,16 @@ class DeviceEmulator:
         """
         self._require_running()
         self._device.plug()
+
+    def release(self) -> None:
+        """Start producing after ``start(held=True)``: HELLO first, then samples from the
+        start of the source. Does nothing when not held."""
+        self._device.held.clear()
+
+    def announce(self) -> None:
+        """Send HELLO again before the next samples (a v1 device does so when its host
+        reopens the port); vendor wires have no HELLO and ignore it."""
+        self._device.announce.set()
 
     def pause(self) -> None:
         """Stop producing samples while staying plugged in, like firmware that hung."""

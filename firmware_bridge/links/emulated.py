@@ -40,6 +40,7 @@ class EmulatedLink(SerialLink):
             source = CsvRecording(config.recording_path)
             if config.start_offset_s:
                 source.skip(int(config.start_offset_s * source.rate_hz))
+        self._playing = False
         self.emulator = DeviceEmulator(
             source,
             device_id=config.device_id or self.name,
@@ -53,9 +54,23 @@ class EmulatedLink(SerialLink):
         return self.emulator.tty_path
 
     def start(self) -> None:
-        """Start the emulator, then the reader."""
-        self.emulator.start()
+        """Start the emulator held, then the reader; the emulator plays once the port is open.
+
+        pyserial's open discards whatever is waiting on the tty, so an emulator that started
+        streaming first would lose its HELLO and the samples until the next one.
+        """
+        self.emulator.start(held=True)
         super().start()
+
+    def _opened(self) -> None:
+        super()._opened()
+        # First open: start playing (HELLO, then the recording from its start). A reopen:
+        # announce the layout again at once, as our firmware does when its port is opened.
+        if self._playing:
+            self.emulator.announce()
+        else:
+            self._playing = True
+            self.emulator.release()
 
     def _release(self) -> None:
         self.emulator.close()
