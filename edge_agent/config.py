@@ -303,13 +303,15 @@ class OtaConfig(Section):
         default=100,
         ge=0,
         le=10_000_000,
-        description="Windows a new version must process before it is confirmed (0: no minimum).",
+        description="Windows a new version must process before it is confirmed (0: no "
+        "minimum; at most 10,000,000).",
     )
     probation_s: float = Field(
         default=60.0,
         ge=0,
         le=30 * 86_400,
-        description="Seconds a new version stays on probation at least (0: no minimum). With "
+        description="Seconds a new version stays on probation at least (0: no minimum; at "
+        "most 30 days). With "
         "both at 0 a new version is confirmed at once.",
     )
     max_error_rate: float = Field(
@@ -598,14 +600,16 @@ class ServiceConfig(Section):
         default=10.0,
         ge=0.5,
         le=3600,
-        description="Work waiting with no progress for this long means the pipeline is stuck: "
+        description="Work waiting with no progress for this long (0.5..3600 s) means the "
+        "pipeline is stuck: "
         "watchdog pings stop, so systemd restarts the service (idle sensors are not a stall).",
     )
     status_interval_s: float = Field(
         default=5.0,
         ge=0.1,
         le=3600,
-        description="How often the one-line state shown by `systemctl status` is refreshed.",
+        description="How often the one-line state shown by `systemctl status` is refreshed "
+        "(0.1..3600 s).",
     )
 
 
