@@ -613,6 +613,14 @@ class ServiceConfig(Section):
     )
 
 
+class MetricsConfig(Section):
+    """`/metrics` (Prometheus) and `/healthz` over HTTP (docs/monitoring.md)."""
+
+    enabled: bool = Field(default=True, description="Serve /metrics and /healthz.")
+    host: Host = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=9108, ge=0, le=65535, description="TCP port (0: any free port).")
+
+
 class FacesConfig(Section):
     """Face identification against the encrypted gallery (docs/face.md)."""
 
@@ -702,6 +710,9 @@ class AgentConfig(Section):
     )
     faces: FacesConfig = Field(
         default_factory=FacesConfig, description="Face identification (off by default)."
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus metrics and health over HTTP."
     )
     sensors: list[SensorConfig] = Field(
         default_factory=_default_sensors,

@@ -53,6 +53,7 @@ from firmware_bridge.links import Link
 
 if TYPE_CHECKING:
     from edge_agent.faces.pipeline import FacePipeline
+    from edge_agent.monitor.server import MetricsServer
 
 log = logging.getLogger("edge_agent")
 
@@ -128,6 +129,7 @@ class Daemon:
         self.pipeline.probation = self.ota.watching
         self.sensors = SensorLinks(self._config, self.pipeline, emit)
         self.faces: FacePipeline | None = None
+        self.metrics: MetricsServer | None = None
         self.uplink: MqttUplink | None = None
         self.registry = CommandRegistry()
         self.commands = CommandServer(self.registry, self._config, emit, self.counters.inc)
@@ -525,6 +527,21 @@ class Daemon:
         for name, handler in gallery_handlers(faces).items():
             self.registry.register(name, handler, local=False)
 
+    def _metrics_server(self) -> MetricsServer:
+        # Imported only when metrics are on: prometheus_client is not loaded otherwise.
+        from edge_agent.monitor.build import metrics_server
+
+        return metrics_server(
+            self.config.metrics,
+            health=self.health,
+            counters=self.counters,
+            pipeline=self.pipeline,
+            store_call=self.store.call,
+            state=lambda: self.state,
+            stall=lambda: self.service.watchdog.stall if self.service.watchdog else None,
+            emit=self.bus.emit,
+        )
+
     async def _serve(self) -> None:
         """Run every component supervised until stopped, then drain in order."""
         self.summary_closer.interval_start = time.time()
@@ -536,6 +553,9 @@ class Daemon:
         self._spawn("ota", self.ota.run)
         if self.faces is not None:
             self._spawn("faces", self.faces.run)
+        if self.config.metrics.enabled:
+            self.metrics = self._metrics_server()
+            self._spawn("metrics", self.metrics.run)
         self._start_periodic(*PERIODIC)
         assert self._tasks is not None
         # Not supervised: a store that cannot persist anything ends the process (exit 1),
@@ -549,7 +569,7 @@ class Daemon:
             self.state = "stopping"
         self.service.stopping()
         log.info("stopping: closing sensors, flushing results")
-        await self._cancel("ota", "faces", *PERIODIC)
+        await self._cancel("ota", "faces", "metrics", *PERIODIC)
         await self.sensors.close_all()
         self.pipeline.stopping = True
         self.pipeline.post(Stop())

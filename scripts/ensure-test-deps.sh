@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # System packages the test suite drives for real: a private mosquitto, a private D-Bus
 # (the BlueZ double), systemd-analyze (unit verification), openssl (test CAs), and
-# Debian's python3-systemd (the libsystemd notify path).
+# Debian's python3-systemd (the libsystemd notify path), promtool (Debian's prometheus: the
+# /metrics exposition is checked with it) and Debian's chromium (the `edge-agent ui` page is
+# tested in it through Playwright, which never downloads a browser of its own).
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
@@ -9,6 +11,8 @@ command -v dbus-daemon >/dev/null || need+=(dbus-daemon)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v openssl >/dev/null || need+=(openssl)
 [ -e /usr/lib/python3/dist-packages/systemd/daemon.py ] || need+=(python3-systemd)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing test dependencies: ${need[*]}" >&2
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

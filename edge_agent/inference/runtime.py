@@ -6,7 +6,7 @@ import importlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from edge_agent.errors import RuntimeBackendError
 from edge_agent.inference.bundle import Bundle
+from edge_agent.metrics import Histogram
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -45,6 +46,8 @@ class RuntimeStats:
     largest_batch: int = 0
     mixed_calls: int = 0
     """Calls whose batch held windows of more than one stream."""
+    seconds: Histogram = field(default_factory=Histogram)
+    """Duration of each call (`edge_agent_inference_seconds`)."""
 
 
 class Runtime(ABC):
@@ -75,7 +78,9 @@ class Runtime(ABC):
         start = time.perf_counter_ns()
         out = self.run_streams(windows, segments)
         stats = self.stats
-        stats.busy_ns += time.perf_counter_ns() - start
+        took = time.perf_counter_ns() - start
+        stats.busy_ns += took
+        stats.seconds.observe(took * 1e-9)
         stats.calls += 1
         n = len(windows)
         stats.windows += n

@@ -33,7 +33,7 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.events import Emit, Severity
 from edge_agent.inference.bundle import Bundle
 from edge_agent.inference.runtime import Runtime
-from edge_agent.metrics import Inc, noop_inc
+from edge_agent.metrics import Histogram, Inc, noop_inc
 from edge_agent.pipeline.batching import Judge, ModelFailure, infer_round, run_inline
 from edge_agent.pipeline.messages import (
     Frames,
@@ -97,6 +97,8 @@ class PipelineStats:
     batches_done: int = 0
     frames_set_aside: int = 0
     model_failures: int = 0
+    window_latency: Histogram = field(default_factory=Histogram)
+    """Seconds from a window's last read to its commit (`edge_agent_window_latency_seconds`)."""
 
 
 @dataclass
@@ -477,6 +479,8 @@ class Pipeline:
     def _committed(self, batches: list[ResultBatch], committed_mono: float) -> None:
         for b in batches:
             self.stats.windows_committed += len(b)
+            self.stats.window_latency.observe(committed_mono - b.recv_mono, len(b))
+            self.inc("windows", len(b), sensor=b.sensor, model=b.model)
             acc = self.summary(b.sensor, b.model, b.version, b.labels)
             acc.add_latency((committed_mono - b.recv_mono) * 1000.0, len(b))
         observer = self.observer

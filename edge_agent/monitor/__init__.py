@@ -1,0 +1,1 @@
+"""Monitoring for operators: `/metrics` (Prometheus) and `/healthz`, served by the daemon."""
