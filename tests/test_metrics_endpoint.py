@@ -82,6 +82,8 @@ def test_metrics_scrape_parses_and_counts_what_the_daemon_did(daemon: Daemon) ->
     status, text = _get(_url(daemon, "/metrics"))
     assert status == 200
     fam = _families(text)
+    (slot,) = daemon.slots.values()  # the embedded default: one model for both sensors
+    manifest = slot.bundle.manifest
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value for f in fam.values() for s in f.samples
     }
@@ -90,17 +92,15 @@ def test_metrics_scrape_parses_and_counts_what_the_daemon_did(daemon: Daemon) ->
         assert samples[("edge_agent_frames_total", (("sensor", sensor),))] > 0
         assert ("edge_agent_crc_errors_total", (("sensor", sensor),)) in samples
         assert ("edge_agent_sequence_gaps_total", (("sensor", sensor),)) in samples
-        key = ("edge_agent_windows_total", (("model", "imu-activity"), ("sensor", sensor)))
+        key = ("edge_agent_windows_total", (("model", manifest.name), ("sensor", sensor)))
         assert samples[key] >= 1
     assert fam["edge_agent_inference_seconds"].type == "histogram"
-    count = samples[("edge_agent_inference_seconds_count", (("model", "imu-activity@1.0.0"),))]
-    inf = samples[
-        ("edge_agent_inference_seconds_bucket", (("le", "+Inf"), ("model", "imu-activity@1.0.0")))
-    ]
+    count = samples[("edge_agent_inference_seconds_count", (("model", slot.ref),))]
+    inf = samples[("edge_agent_inference_seconds_bucket", (("le", "+Inf"), ("model", slot.ref)))]
     assert count >= 1
     assert inf == count
     assert samples[("edge_agent_window_latency_seconds_count", ())] >= 4
-    info = (("model", "imu-activity"), ("runtime", "onnx"), ("version", "1.0.0"))
+    info = (("model", manifest.name), ("runtime", manifest.runtime), ("version", manifest.version))
     assert samples[("edge_agent_model_info", info)] == 1
     assert samples[("edge_agent_mqtt_connected", ())] == 0.0  # nothing listens on port 1
     assert samples[("edge_agent_outbox_depth", ())] >= 1  # results and events wait
