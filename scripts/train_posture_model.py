@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 from numpy.typing import NDArray
 from sklearn.linear_model import RidgeClassifier
-from train_imu_model import (
+from training_common import (
     Latency,
     Predict,
     fresh_dir,
@@ -50,7 +50,7 @@ from train_imu_model import (
     onnx_predictor,
 )
 
-from edge_agent.bench import machine
+from edge_agent.bench.harness import machine
 from edge_agent.inference import export, minirocket, report
 from edge_agent.inference.bundle import write_manifest
 
