@@ -611,6 +611,21 @@ class ServiceConfig(Section):
         description="How often the one-line state shown by `systemctl status` is refreshed "
         "(0.1..3600 s).",
     )
+    config_confirm_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="A reload that changes the broker connection must reach the broker "
+        "(CONNACK) within this long, or the daemon goes back to the last config that worked "
+        "(`config.reverted`); also how long a start must run to count as a clean one.",
+    )
+    config_crash_limit: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Starts in a row that end without a clean stop before the daemon starts "
+        "on the last known good config instead of this one.",
+    )
 
 
 class MetricsConfig(Section):

@@ -34,10 +34,13 @@ def setup_logging(level: str) -> None:
 
 def run_with_config(path: Path | None) -> int:
     """Load the config (or the embedded default), then run the daemon until stopped."""
+    from edge_agent.config_guard import Startup, choose_startup_config
     from edge_agent.daemon import run_daemon
 
     try:
-        cfg = load_config(path)
+        # A file that would brick the gateway is replaced by the last known good one.
+        startup = choose_startup_config(path) if path is not None else None
+        cfg = startup.config if startup is not None else load_config(None)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         if any(issue.path for issue in err.issues):
@@ -53,7 +56,14 @@ def run_with_config(path: Path | None) -> int:
         cfg.mqtt.port,
         cfg.topic_root,
     )
-    return run_daemon(cfg, config_path=path)
+    if startup is not None and startup.fallback is not None:
+        logging.getLogger("edge_agent").error(
+            "CONFIG FALLBACK: %s was refused (%s); running the last known good config %s",
+            path,
+            startup.fallback["reason"],
+            startup.fallback["good"],
+        )
+    return run_daemon(cfg, config_path=path, startup=startup or Startup(cfg, b""))
 
 
 def parse_run_args(argv: list[str]) -> Path | Literal[False] | None:

@@ -37,7 +37,9 @@ def doctor(
     except KeyError as err:
         typer.echo(f"error: no user {user!r} on this machine", err=True)
         raise typer.Exit(2) from err
-    checks = run_checks(cfg, account=account, socket_path=socket, timeout=timeout)
+    checks = run_checks(
+        cfg, account=account, socket_path=socket, timeout=timeout, config_path=source
+    )
     overall = worst(checks)
     if as_json:
         body = {

@@ -646,6 +646,7 @@ def run_checks(
     socket_path: Path | None = None,
     sysfs: Path = Path("/sys"),
     timeout: float = 5.0,
+    config_path: Path | None = None,
 ) -> list[Check]:
     """Every check, in the order a technician would go through them."""
     from edge_agent.service.control import control_socket_path
@@ -653,6 +654,7 @@ def run_checks(
     who = account or Account.current()
     return [
         check_daemon(socket_path or control_socket_path(config)),
+        *([check_config_guard(config_path)] if config_path is not None else []),
         check_serial(config, who),
         check_bluetooth(config, sysfs=sysfs),
         check_broker(config, timeout=timeout),
@@ -662,3 +664,35 @@ def run_checks(
         check_database(config.storage.path),
         check_models(config),
     ]
+
+
+def check_config_guard(
+    path: Path, state_dirs: Iterable[Path] = (Path("/var/lib/edge-agent"),)
+) -> Check:
+    """Whether the daemon runs the file it was given, or a last known good copy instead.
+
+    The guard's files are beside the config, or in the service's state directory.
+    """
+    from edge_agent.config_guard import GuardFiles, GuardState
+
+    places = [GuardFiles.for_config(path), *(GuardFiles(path, d) for d in state_dirs)]
+    files = next((f for f in places if f.state.exists()), places[0])
+    state = GuardState.read(files.state)
+    report = state.fallback
+    if report is not None:
+        what = "refused at start" if report.get("when") == "start" else "reverted after a reload"
+        kept = f"; refused file kept as {report['refused']}" if report.get("refused") else ""
+        return Check(
+            "config",
+            "warn",
+            f"running the last known good copy {report.get('good') or files.good}: {path} was "
+            f"{what} ({report.get('reason')}){kept}",
+            "fix the refused file (`edge-agent config validate`), put it in place and reload",
+        )
+    if files.good.exists():
+        return Check("config", "pass", f"runs {path}; last known good copy {files.good}")
+    return Check(
+        "config",
+        "pass",
+        f"runs {path}; no last known good copy yet (kept once the daemon reaches the broker)",
+    )
