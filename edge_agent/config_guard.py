@@ -33,15 +33,15 @@ import json
 import logging
 import os
 import time
-import tomllib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge_agent.config import AgentConfig, parse_config
+from edge_agent.config_sources import decode_config, read_config_bytes
 from edge_agent.durable import write_atomically
-from edge_agent.errors import ConfigError, ConfigIssue
+from edge_agent.errors import ConfigError
 from edge_agent.events import Emit, Event
 from edge_agent.health import HealthBoard
 
@@ -65,17 +65,9 @@ def load_config_bytes(
     """Validate config file bytes as `load_config` validates a file.
 
     Raises:
-        ConfigError: not UTF-8, not TOML, or invalid values; one line naming `source`.
+        ConfigError: not UTF-8, not TOML, or invalid values, naming `source`.
     """
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(source, [ConfigIssue("", f"not UTF-8 text (byte {err.start})")]) from err
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(source, [ConfigIssue("", f"not valid TOML: {err}")]) from err
-    return parse_config(data, source=source, environ=environ)
+    return parse_config(decode_config(raw, source), source=source, environ=environ)
 
 
 def read_config(
@@ -88,12 +80,7 @@ def read_config(
     """
     if path is None:
         return parse_config({}, source="embedded default", environ=environ), b""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as err:
-        raise ConfigError(str(path), [ConfigIssue("", "file not found")]) from err
-    except OSError as err:
-        raise ConfigError(str(path), [ConfigIssue("", f"cannot read: {err.strerror}")]) from err
+    raw = read_config_bytes(path)
     return load_config_bytes(raw, source=str(path), environ=environ), raw
 
 
@@ -261,20 +248,18 @@ def choose_startup_config(
     source = str(path)
     reason: str | None = None
     config: AgentConfig | None = None
+    failure: ConfigError | None = None
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError as err:
-        raise ConfigError(source, [ConfigIssue("", "file not found")]) from err
-    except OSError as err:
-        raw = b""
-        reason = f"cannot read: {err.strerror}"
-        failure: ConfigError = ConfigError(source, [ConfigIssue("", reason)])
-    if reason is None:
+        raw = read_config_bytes(path)
+    except ConfigError as err:
+        raw, failure = b"", err
+    if failure is None:
         try:
             config = load_config_bytes(raw, source=source, environ=environ)
         except ConfigError as err:
             failure = err
-            reason = "; ".join(str(issue) for issue in err.issues)
+    if failure is not None:
+        reason = "; ".join(str(issue) for issue in failure.issues)
     digest = sha256(raw)
     if config is not None and digest in state.refused:
         reason = "this file was refused before: it did not reach the broker in time"
@@ -300,6 +285,7 @@ def choose_startup_config(
     good = _read_good(files, environ)
     if good is None or sha256(good[1]) == digest:
         if config is None:
+            assert failure is not None
             raise failure
         # Nothing else to go back to (or the good copy is this very file, so the crashes
         # are not the config's doing): run it, and say so; systemd's StartLimitBurst ends
@@ -310,7 +296,8 @@ def choose_startup_config(
             reason,
             "it is the last known good config" if good else "no last known good config",
         )
-        state.config_sha256, state.unclean_starts = digest, state.unclean_starts + 1
+        unclean = state.unclean_starts if state.config_sha256 == digest else 0
+        state.config_sha256, state.unclean_starts = digest, unclean + 1
         state.write(files.state)
         return Startup(config, raw)
     good_config, good_raw = good
@@ -477,6 +464,8 @@ class ConfigGuard:
         self._settled = False
         good = self._good_bytes()
         self._new_file = bool(raw) and raw != good
+        if broker_changed:
+            self.connected = False  # the session is being replaced; its CONNACK is to come
         if broker_changed and self._new_file and good is not None:
             self._reached = False
             self.pending = {"since": round(self._wall(), 3), "sha256": sha256(raw)}

@@ -42,6 +42,16 @@ def read_config_file(path: Path) -> dict[str, Any]:
         ConfigError: one line naming the file: missing, not a regular file, unreadable,
             too big, not UTF-8 (with the line of the first bad byte) or not TOML.
     """
+    return decode_config(read_config_bytes(path), str(path))
+
+
+def read_config_bytes(path: Path) -> bytes:
+    """The bytes of a config file (the config guard keeps copies of exactly these).
+
+    Raises:
+        ConfigError: one line naming the file: missing, not a regular file, unreadable or
+            too big.
+    """
     source = str(path)
 
     def fail(message: str) -> ConfigError:
@@ -58,6 +68,20 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise fail(f"cannot read: {err.strerror or err}") from err
     if len(raw) > MAX_CONFIG_BYTES:
         raise fail(f"larger than {MAX_CONFIG_BYTES // 1024} KiB; not a config file")
+    return raw
+
+
+def decode_config(raw: bytes, source: str) -> dict[str, Any]:
+    """The TOML table of config file bytes read from `source`.
+
+    Raises:
+        ConfigError: one line naming `source`: not UTF-8 (with the line of the first bad
+            byte) or not TOML.
+    """
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(source, [ConfigIssue("", message)])
+
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from edge_agent import __version__
-from edge_agent.config import AgentConfig, load_config
+from edge_agent.config import AgentConfig
+from edge_agent.config_guard import ConfigGuard, GuardFiles, Startup, read_config
 from edge_agent.errors import ConfigError, EdgeAgentError, StoreError
 from edge_agent.events import Event, EventBus, count_listener, log_listener
 from edge_agent.health import HealthBoard
@@ -78,6 +79,7 @@ class Daemon:
         config_path: The file SIGHUP and `reload` re-read (None: the embedded default).
         observer: Hooks into the data path (benchmarks time the stages with these).
         backoff: Restart delays of failed components (tests shrink them).
+        startup: What the start-up chose to run (`config_guard.choose_startup_config`).
     """
 
     def __init__(
@@ -89,9 +91,12 @@ class Daemon:
         config_path: Path | None = None,
         observer: PipelineObserver | None = None,
         backoff: Backoff | None = None,
+        startup: Startup | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
+        self._startup = startup or Startup(config, b"")
+        self._reload_from: Path | None = None  # the good copy, when the file is read-only
         self.handle_signals = handle_signals
         self.started_mono = time.monotonic()
         self.ready = asyncio.Event()
@@ -166,6 +171,17 @@ class Daemon:
         self.retention = Retention(self._config, call, notify)
         self.heartbeat = Heartbeat(self._config, call, self._heartbeat_body, notify)
         self.silence = SilenceMonitor(lambda: self.config.sensors, self.pipeline.streams, emit)
+        # Reverts a broker change that never connects; keeps the last known good config.
+        self.config_guard = (
+            ConfigGuard(
+                GuardFiles.for_config(config_path),
+                emit=emit,
+                revert=self._revert_to,
+                health=self.health,
+            )
+            if config_path is not None
+            else None
+        )
         self._wire_events()
         self._wire_health()
         self._stop = asyncio.Event()
@@ -193,6 +209,8 @@ class Daemon:
         bus.subscribe(self._record_event)
         bus.subscribe(self.service.on_event)
         bus.subscribe(count_listener(self.counters))
+        if self.config_guard is not None:
+            bus.subscribe(self.config_guard.on_event)
 
     def _record_event(self, event: Event) -> None:
         self.store.submit(
@@ -219,6 +237,8 @@ class Daemon:
         board.provide("store", self._store_health)
         board.provide("components", self.supervisor.health)
         board.provide("counters", self.counters.snapshot)
+        if self.config_guard is not None:
+            board.provide("config_guard", self.config_guard.snapshot)
 
     def _notify_uplink(self) -> None:
         loop, uplink = self._loop, self.uplink
@@ -312,6 +332,7 @@ class Daemon:
             "mqtt": {k: v for k, v in snap["mqtt"].items() if k != "connected_since"},
             "health": {"state": snap["state"], "degraded": snap["degraded"]},
             "components": snap["components"],
+            "config_guard": snap.get("config_guard"),
         }
 
     async def _flush(self) -> int:
@@ -337,6 +358,11 @@ class Daemon:
     async def reload(self) -> dict[str, Any]:
         """Re-read the config and apply it between two pipeline rounds; returns what changed."""
         return await self.pipeline.request_reload()
+
+    async def _revert_to(self, path: Path) -> dict[str, Any]:
+        """The config guard's way back: reload from `path` (the file, or the good copy)."""
+        self._reload_from = path if path != self.config_path else None
+        return await self.reload()
 
     async def swap_model(self, name: str, bundle: Bundle, runtime: Runtime) -> ModelSwap:
         """Make a loaded model serve every bare reference to `name` (see `Pipeline.swap`)."""
@@ -366,8 +392,9 @@ class Daemon:
         return outcome
 
     async def _apply_reload(self, source: str) -> dict[str, Any]:
+        path, self._reload_from = self._reload_from or self.config_path, None
         try:
-            new = await asyncio.to_thread(load_config, self.config_path)
+            new, raw = await asyncio.to_thread(read_config, path)
         except ConfigError as err:
             self.bus.emit("agent.reload_failed", "error", config=source, reason=str(err))
             return {"ok": False, "config": source, "error": str(err)}
@@ -425,6 +452,8 @@ class Daemon:
             await self._cancel("mqtt")
             self.uplink = self._new_uplink(new)
             self._spawn("mqtt", self.uplink.run)
+        if self.config_guard is not None and raw:
+            self.config_guard.reloaded(new, raw, broker_changed=plan.mqtt_changed)
         summary = plan.summary()
         self.bus.emit("agent.reloaded", config=source, **summary)
         if plan.restart_required:
@@ -491,6 +520,8 @@ class Daemon:
                 version=__version__,
                 sensors=[s.name for s in self.config.sensors],
             )
+            if self.config_guard is not None:
+                self.config_guard.start(self._startup)
             for sensor in self.config.sensors:
                 self.sensors.start(sensor.name)
             await self.service.start()
@@ -584,6 +615,8 @@ class Daemon:
             uptime_s=round(time.monotonic() - self.started_mono, 1),
             samples=self._sample_counts(),
         )
+        if self.config_guard is not None:
+            self.config_guard.stopped_cleanly()
         await self.store.call(outbox_depth())
         self._notify_uplink()
         await self.uplink.stop(timeout=3.0)
@@ -601,6 +634,8 @@ class Daemon:
                 )
 
     async def _close(self) -> None:
+        if self.config_guard is not None:
+            await self.config_guard.close()
         await self.service.close()
         await self.ota.close()
         self.sensors.close_now()
@@ -652,12 +687,14 @@ def serving_in_thread(
         raise RuntimeError(f"daemon failed: {failure[0]!r}") from failure[0]
 
 
-def run_daemon(config: AgentConfig, *, config_path: Path | None = None) -> int:
+def run_daemon(
+    config: AgentConfig, *, config_path: Path | None = None, startup: Startup | None = None
+) -> int:
     """Run until SIGINT/SIGTERM (SIGHUP re-reads `config_path`); returns the exit code.
 
     Exits 1 only when the store cannot be opened (systemd then restarts the service).
     """
-    daemon = Daemon(config, config_path=config_path)
+    daemon = Daemon(config, config_path=config_path, startup=startup)
     failed: list[BaseException] = []
 
     def interrupt(signum: int, frame: object) -> None:

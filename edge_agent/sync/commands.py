@@ -284,6 +284,7 @@ class AgentCommands:
         self.flush = flush
         self.sensor_health = sensor_health
         self.state = state
+        self._background: set[asyncio.Future[Any]] = set()  # reloads answered before they run
 
     def register(self, registry: CommandRegistry) -> None:
         """Add the commands to `registry` (`config.*` over MQTT only)."""
@@ -337,8 +338,16 @@ class AgentCommands:
             code = {"bad_key": "bad_request"}.get(err.code, err.code)
             message = "rejected; nothing changed" if code == "invalid_config" else str(err)
             raise CommandError(code, message, err.details or [str(err)]) from err
-        # The reload arms the daemon's confirmation deadline when the broker settings changed.
-        outcome = await self.reload() if edit.previous is not None else {"ok": True}
+        outcome: Any = {"ok": True}
+        if edit.previous is not None and any(str(key).startswith("mqtt.") for key in values):
+            # The reload replaces this very session: answer on it first, then reload. The
+            # daemon reverts by itself (`config.reverted`) if the new session never connects.
+            task = asyncio.ensure_future(self.reload())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            outcome = "scheduled: the broker connection is replaced after this reply"
+        elif edit.previous is not None:
+            outcome = await self.reload()
         return {
             "persisted": str(path),
             "previous": str(edit.previous) if edit.previous else None,
