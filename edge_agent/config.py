@@ -220,6 +220,13 @@ class StorageConfig(Section):
         le=10_000,
         description="Extra time to gather writes before a commit (0: commit as soon as idle).",
     )
+    reserve_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=0,
+        le=1024 * 1024 * 1024,
+        description="Space held in a file next to the database (`<path>.reserve`) and "
+        "released when the disk is full, so eviction has room to run (0: none).",
+    )
 
 
 class ModelsConfig(Section):

@@ -114,6 +114,10 @@ class Daemon:
             commit_interval_ms=config.storage.commit_interval_ms,
             max_bytes=config.storage.max_bytes,
             max_age_s=config.storage.max_age_days * 86400.0,
+            reserve_bytes=config.storage.reserve_bytes,
+            emit=emit,
+            inc=self.counters.inc,
+            health=self.health,
         )
         self.pipeline = Pipeline(
             emit=emit,
@@ -307,6 +311,7 @@ class Daemon:
             "failed_commits": store.stats.failed_commits,
             "last_error": store.stats.last_error,
             "disk_full": store.disk_full,
+            "quarantined": store.stats.quarantined,
             "dropped": self.retention.dropped,
         }
 

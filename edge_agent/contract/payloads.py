@@ -191,8 +191,17 @@ class StoreHealth(_Part):
     failed_commits: int = Field(ge=0, description="Commits that failed and were retried.")
     last_error: str | None = Field(description="The last store error; null once writes succeed.")
     disk_full: bool = Field(
-        description="The disk (or the database's hard cap) is full: writes are retried after "
-        "an emergency eviction; nothing queued is dropped meanwhile."
+        description="The disk (or the database's hard cap) is full: from the first write that "
+        "failed with SQLITE_FULL until writes succeed and the space reserve is back. Writes are "
+        "retried after an emergency eviction; nothing queued is dropped meanwhile."
+    )
+    quarantined: int = Field(
+        default=0,
+        ge=0,
+        description="Rows moved to the `quarantine` table since start: read back from the "
+        "store and unusable (a NULL, NaN or text where a number belongs, a payload that is "
+        "not JSON), or a body JSON cannot carry. Each is announced by a `store.quarantined` "
+        "event.",
     )
     dropped: dict[str, int] = Field(
         description="Everything dropped by the size and age policy since the database was "

@@ -3,52 +3,84 @@
 Results are committed one row per window; `pack_results` moves the rows past the upload
 cursor (`meta.results_cursor`) into columnar `results` outbox messages in the same
 transaction that advances the cursor, so a row is packed exactly once.
+
+NaN and infinity never reach a row: windows whose times or confidence are not finite are
+quarantined at insert (the pipeline refuses such model output before, with `model.failed`;
+this is the last line). A row that cannot be packed anyway (written by something else, or
+damaged) is quarantined when it is read, and the rows around it are packed.
 """
 
 from __future__ import annotations
 
-import json
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.store.txn import Op, Txn
+import numpy as np
+
+from edge_agent.store.checks import result_problem
+from edge_agent.store.meta import RESULTS_CURSOR, results_cursor, set_meta
+from edge_agent.store.txn import Op, Txn, dumps
 
 if TYPE_CHECKING:
     from edge_agent.pipeline.results import ResultBatch
 
 
 def insert_results(batches: list[ResultBatch]) -> Op[list[ResultBatch]]:
-    """Insert window results; returns the batches (for the on-commit latency accounting)."""
+    """Insert window results; returns the batches (for the on-commit latency accounting).
+
+    Windows with a time or confidence that is not finite are quarantined, not inserted.
+    """
 
     def op(txn: Txn) -> list[ResultBatch]:
         for b in batches:
             labels = b.labels
             names = [labels[i] for i in b.label_index.tolist()] if labels else repeat(None)
+            rows = zip(
+                repeat(b.sensor),
+                repeat(b.model),
+                repeat(b.version),
+                b.t_start.tolist(),
+                b.t_end.tolist(),
+                names,
+                b.confidence.tolist(),
+                strict=False,
+            )
+            finite = np.isfinite(b.t_start) & np.isfinite(b.t_end) & np.isfinite(b.confidence)
+            if not finite.all():
+                rows = _quarantine_windows(txn, b, list(rows), finite)
             txn.conn.executemany(
                 "INSERT INTO results(sensor, model, model_version, t_start, t_end, label, "
                 "confidence) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                zip(
-                    repeat(b.sensor),
-                    repeat(b.model),
-                    repeat(b.version),
-                    b.t_start.tolist(),
-                    b.t_end.tolist(),
-                    names,
-                    b.confidence.tolist(),
-                    strict=False,
-                ),
+                rows,
             )
         return batches
 
     return op
 
 
+def _quarantine_windows(
+    txn: Txn, batch: ResultBatch, rows: list[tuple[Any, ...]], finite: np.ndarray[Any, Any]
+) -> Any:
+    """Quarantine the windows of `rows` that are not finite (one entry); return the rest."""
+    bad = [r for r, ok in zip(rows, finite.tolist(), strict=True) if not ok]
+    txn.quarantine(
+        "results",
+        f"{batch.sensor}/{batch.model}@{batch.version}",
+        f"{len(bad)} window(s) with a time or confidence that is not finite",
+        bad[:8],
+    )
+    return [r for r, ok in zip(rows, finite.tolist(), strict=True) if ok]
+
+
 def pack_results(limit: int, *, compress: bool = False) -> Op[int]:
-    """Move committed results not yet uploaded into `results` outbox messages (columnar)."""
+    """Move committed results not yet uploaded into `results` outbox messages (columnar).
+
+    Returns how many rows the cursor moved past (packed or quarantined): fewer than
+    `limit` means everything committed so far is handled.
+    """
 
     def op(txn: Txn) -> int:
-        row = txn.conn.execute("SELECT value FROM meta WHERE key = 'results_cursor'").fetchone()
-        cursor = int(row[0]) if row else 0
+        cursor = results_cursor(txn)
         rows = txn.conn.execute(
             "SELECT id, sensor, model, model_version, t_start, t_end, label, confidence "
             "FROM results WHERE id > ? ORDER BY id LIMIT ?",
@@ -57,8 +89,16 @@ def pack_results(limit: int, *, compress: bool = False) -> Op[int]:
         if not rows:
             return 0
         groups: dict[tuple[str, str, str], list[tuple[Any, ...]]] = {}
+        poisoned: list[int] = []
         for r in rows:
+            problem = result_problem(r)
+            if problem is not None:
+                txn.quarantine("results", r[0], problem, r)
+                poisoned.append(r[0])
+                continue
             groups.setdefault((r[1], r[2], r[3]), []).append(r)
+        if poisoned:
+            txn.conn.executemany("DELETE FROM results WHERE id = ?", [(i,) for i in poisoned])
         for (sensor, model, version), items in groups.items():
             txn.enqueue(
                 "results",
@@ -76,11 +116,7 @@ def pack_results(limit: int, *, compress: bool = False) -> Op[int]:
                 },
                 compress=compress,
             )
-        txn.conn.execute(
-            "INSERT INTO meta(key, value) VALUES ('results_cursor', ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (str(rows[-1][0]),),
-        )
+        set_meta(txn, RESULTS_CURSOR, str(rows[-1][0]))
         return len(rows)
 
     return op
@@ -99,10 +135,20 @@ def skip_results_upload() -> Op[None]:
 
 
 def insert_summaries(bodies: list[dict[str, Any]]) -> Op[int]:
-    """Store summaries and queue them for upload in one transaction."""
+    """Store summaries and queue them for upload in one transaction.
+
+    A summary JSON cannot carry (a NaN or infinite figure) is quarantined instead.
+    Returns how many were stored.
+    """
 
     def op(txn: Txn) -> int:
+        stored = 0
         for body in bodies:
+            try:
+                text = dumps(body).decode()
+            except (ValueError, TypeError, RecursionError) as err:
+                txn.quarantine("summaries", body.get("sensor"), f"not JSON: {err}", body)
+                continue
             txn.conn.execute(
                 "INSERT INTO summaries(sensor, model, model_version, t_start, t_end, body) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -112,10 +158,11 @@ def insert_summaries(bodies: list[dict[str, Any]]) -> Op[int]:
                     body["model_version"],
                     body["interval_start"],
                     body["interval_end"],
-                    json.dumps(body),
+                    text,
                 ),
             )
             txn.enqueue("summary", body)
-        return len(bodies)
+            stored += 1
+        return stored
 
     return op

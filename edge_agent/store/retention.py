@@ -2,13 +2,14 @@
 
 Eviction order (first evicted first), see docs/reliability.md:
 
-1. window results already packed for upload (local history),
-2. local history of summaries and events (their outbox copies are separate),
-3. queued `results` messages,
-4. window results not yet packed for upload,
-5. queued `heartbeat` messages,
-6. queued `summary` messages,
-7. queued `events` messages.
+1. quarantined rows (kept only for inspection),
+2. window results already packed for upload (local history),
+3. local history of summaries and events (their outbox copies are separate),
+4. queued `results` messages,
+5. window results not yet packed for upload,
+6. queued `heartbeat` messages,
+7. queued `summary` messages,
+8. queued `events` messages.
 
 Eviction notices themselves (`outbox.evicted` events, priority 0) are never evicted.
 Every outbox message evicted after it received a sequence number is announced with the
@@ -23,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_agent.store.checks import parse_count
+from edge_agent.store.meta import results_cursor
 from edge_agent.store.txn import Op, Txn
 
 # Table and column names in the SQL below are constants of this module, never input (S608).
@@ -61,8 +64,7 @@ def _count(txn: Txn, report: EvictionReport, cls: str, n: int) -> None:
 
 
 def _results_cursor(txn: Txn) -> int:
-    row = txn.conn.execute("SELECT value FROM meta WHERE key = 'results_cursor'").fetchone()
-    return int(row[0]) if row else 0
+    return results_cursor(txn)
 
 
 def _evict_outbox(
@@ -87,7 +89,11 @@ def _evict_outbox(
     if not rows:
         return 0
     txn.conn.executemany("DELETE FROM outbox WHERE id = ?", [(r[0],) for r in rows])
-    seqs = [r[1] for r in rows]
+    # A row whose seq is not a number (poison) goes too, but cannot be part of a range.
+    seqs = [r[1] for r in rows if isinstance(r[1], int) and not isinstance(r[1], bool)]
+    if not seqs:
+        _count(txn, report, f"outbox.{kind}", len(rows))
+        return len(rows)
     notice = {
         "topic": kind,
         "seq_from": min(seqs),
@@ -117,9 +123,23 @@ def _evict_outbox(
 
 
 def enforce_limits(
-    max_bytes: int, max_age_s: float, *, now: float | None = None
+    max_bytes: int,
+    max_age_s: float,
+    *,
+    now: float | None = None,
+    chunk: int = CHUNK,
+    budget: int | None = None,
 ) -> Op[EvictionReport]:
-    """Apply the age cap, then evict in order until the used size is under 90 % of the cap."""
+    """Apply the age cap, then evict in order until the used size is under 90 % of the cap.
+
+    Args:
+        max_bytes: The cap.
+        max_age_s: The age cap (`inf`: none).
+        now: The time the age cap counts from (default: now).
+        chunk: Rows deleted per step.
+        budget: At most this many steps (None: until under the target). A full disk evicts
+            one small step per transaction, so no transaction needs much journal space.
+    """
 
     def op(txn: Txn) -> EvictionReport:
         conn = txn.conn
@@ -132,7 +152,7 @@ def enforce_limits(
             "DELETE FROM results WHERE t_end < ? AND id <= ?", (cutoff, cursor)
         ).rowcount
         _count(txn, report, "results.history", n)
-        for table, column in (("summaries", "t_end"), ("events", "ts")):
+        for table, column in (("quarantine", "ts"), ("summaries", "t_end"), ("events", "ts")):
             n = conn.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff,)).rowcount
             _count(txn, report, f"{table}.history", n)
         for kind in ("results", "heartbeat", "summary", "events"):
@@ -146,23 +166,33 @@ def enforce_limits(
 
         target = int(max_bytes * 0.9)
         steps: list[Callable[[], int]] = [
+            lambda: _delete_oldest(txn, report, "quarantine", "1", (), "quarantine.history", chunk),
             lambda: _delete_oldest(
-                txn, report, "results", "id <= ?", (_results_cursor(txn),), "results.history"
+                txn,
+                report,
+                "results",
+                "id <= ?",
+                (_results_cursor(txn),),
+                "results.history",
+                chunk,
             ),
-            lambda: _delete_oldest(txn, report, "summaries", "1", (), "summaries.history"),
+            lambda: _delete_oldest(txn, report, "summaries", "1", (), "summaries.history", chunk),
             lambda: _delete_oldest(
-                txn, report, "events", "kind != 'outbox.evicted'", (), "events.history"
+                txn, report, "events", "kind != 'outbox.evicted'", (), "events.history", chunk
             ),
-            lambda: _evict_outbox(txn, report, "results", "1", (), "disk cap"),
-            lambda: _skip_oldest_unsent(txn, report),
-            lambda: _evict_outbox(txn, report, "heartbeat", "1", (), "disk cap"),
-            lambda: _evict_outbox(txn, report, "summary", "1", (), "disk cap"),
-            lambda: _evict_outbox(txn, report, "events", "1", (), "disk cap"),
+            lambda: _evict_outbox(txn, report, "results", "1", (), "disk cap", chunk),
+            lambda: _skip_oldest_unsent(txn, report, chunk),
+            lambda: _evict_outbox(txn, report, "heartbeat", "1", (), "disk cap", chunk),
+            lambda: _evict_outbox(txn, report, "summary", "1", (), "disk cap", chunk),
+            lambda: _evict_outbox(txn, report, "events", "1", (), "disk cap", chunk),
         ]
+        left = budget
         for step in steps:
-            while used_bytes(txn) > target:
+            while used_bytes(txn) > target and (left is None or left > 0):
                 if step() == 0:
                     break
+                if left is not None:
+                    left -= 1
         report.used_bytes_after = used_bytes(txn)
         return report
 
@@ -170,11 +200,17 @@ def enforce_limits(
 
 
 def _delete_oldest(
-    txn: Txn, report: EvictionReport, table: str, where: str, args: tuple[Any, ...], cls: str
+    txn: Txn,
+    report: EvictionReport,
+    table: str,
+    where: str,
+    args: tuple[Any, ...],
+    cls: str,
+    chunk: int = CHUNK,
 ) -> int:
     n = txn.conn.execute(
         f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {where} "
-        f"ORDER BY id LIMIT {CHUNK})",
+        f"ORDER BY id LIMIT {int(chunk)})",
         args,
     ).rowcount
     _count(txn, report, cls, n)
@@ -192,11 +228,11 @@ def _skip_unsent(txn: Txn, report: EvictionReport, upto_id: int) -> None:
     _count(txn, report, "results.unsent", n)
 
 
-def _skip_oldest_unsent(txn: Txn, report: EvictionReport) -> int:
+def _skip_oldest_unsent(txn: Txn, report: EvictionReport, chunk: int = CHUNK) -> int:
     cursor = _results_cursor(txn)
     row = txn.conn.execute(
         "SELECT max(id), count(*) FROM (SELECT id FROM results WHERE id > ? ORDER BY id LIMIT ?)",
-        (cursor, CHUNK),
+        (cursor, chunk),
     ).fetchone()
     if not row[1]:
         return 0
@@ -205,9 +241,23 @@ def _skip_oldest_unsent(txn: Txn, report: EvictionReport) -> int:
 
 
 def dropped_counters() -> Op[dict[str, int]]:
-    """Everything dropped by policy since the database was created, by class."""
+    """Everything dropped by policy since the database was created, by class.
+
+    A row that is not a (name, count) pair is quarantined.
+    """
 
     def op(txn: Txn) -> dict[str, int]:
-        return {r[0]: int(r[1]) for r in txn.conn.execute("SELECT class, count FROM dropped")}
+        out: dict[str, int] = {}
+        for rowid, cls, count in txn.conn.execute(
+            "SELECT rowid, class, count FROM dropped"
+        ).fetchall():
+            try:
+                if not isinstance(cls, str) or not cls:
+                    raise ValueError(f"class {cls!r} is not a name")
+                out[cls] = parse_count(count)
+            except ValueError as err:
+                txn.quarantine("dropped", cls, str(err), (cls, count))
+                txn.conn.execute("DELETE FROM dropped WHERE rowid = ?", (rowid,))
+        return out
 
     return op

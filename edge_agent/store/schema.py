@@ -104,7 +104,11 @@ def _v3(db: sqlite_utils.Database) -> None:
     # flight and rows being deleted apart by id, and the results upload cursor is an id.
     # A plain INTEGER PRIMARY KEY reuses ids once the newest rows are deleted.
     cursor = db.conn.execute("SELECT value FROM meta WHERE key = 'results_cursor'").fetchone()
-    _rebuild_autoincrement(db, "results", int(cursor[0]) if cursor else 0)
+    try:
+        floor = int(cursor[0]) if cursor else 0
+    except (TypeError, ValueError):  # a poisoned cursor is repaired after the migrations
+        floor = 0
+    _rebuild_autoincrement(db, "results", floor)
     _rebuild_autoincrement(db, "outbox", 0)
 
 
@@ -116,8 +120,18 @@ def _v4(db: sqlite_utils.Database) -> None:
     db.table("outbox").create_index(["created"])
 
 
+def _v5(db: sqlite_utils.Database) -> None:
+    # Rows read back from the store that cannot be packed or sent (a NULL, NaN or text where
+    # a number belongs, a payload that is not JSON, a meta value that is not an integer) are
+    # moved here with the reason, so they can be inspected and never stall the flow.
+    db.conn.execute(
+        "CREATE TABLE quarantine (id INTEGER PRIMARY KEY AUTOINCREMENT, ts FLOAT NOT NULL, "
+        "source TEXT NOT NULL, row_key TEXT, reason TEXT NOT NULL, content TEXT)"
+    )
+
+
 # Index i holds the migration from user_version i to i + 1. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

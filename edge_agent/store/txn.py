@@ -11,7 +11,8 @@ import sqlite3
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -31,9 +32,29 @@ PRIORITY = {"status": 0, "events": 1, "heartbeat": 1, "summary": 2, "results": 3
 # Priority 0 in the outbox is reserved for notices that must never be evicted.
 
 
-def dumps(body: dict[str, Any]) -> bytes:
-    """Compact JSON, the encoding of every uplink payload."""
+# The most of a quarantined row kept for inspection (its repr, characters).
+QUARANTINE_CONTENT_CHARS = 4096
+
+
+def dumps(body: Mapping[str, Any]) -> bytes:
+    """Compact JSON, the encoding of every uplink payload.
+
+    Raises:
+        ValueError: a float is NaN or infinite (JSON has no such numbers).
+        TypeError: a value is not JSON-able.
+    """
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A row moved to the `quarantine` table, announced once the transaction committed."""
+
+    source: str
+    """Table the row came from (or was meant for): `results`, `outbox`, `meta`, ..."""
+    key: str | None
+    """Its id or key, when it had one."""
+    reason: str
 
 
 class Txn:
@@ -43,6 +64,23 @@ class Txn:
         self.conn = conn
         self._store = store
         self.pending_seq: dict[str, int] = {}
+        self.quarantined: list[Quarantined] = []
+
+    def quarantine(self, source: str, key: object, reason: str, content: object) -> None:
+        """Move a row that cannot be used aside: into `quarantine`, with the reason.
+
+        The caller deletes the row from its table (or does not insert it) in the same
+        transaction; the store announces it (`store.quarantined`) after the commit.
+        """
+        text = repr(content)
+        if len(text) > QUARANTINE_CONTENT_CHARS:
+            text = text[:QUARANTINE_CONTENT_CHARS] + "..."
+        row_key = None if key is None else str(key)
+        self.conn.execute(
+            "INSERT INTO quarantine(ts, source, row_key, reason, content) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), source, row_key, reason, text),
+        )
+        self.quarantined.append(Quarantined(source, row_key, reason))
 
     def next_seq(self, kind: str) -> int:
         """Allocate the next sequence number of a topic kind; durable with this transaction."""
@@ -55,6 +93,11 @@ class Txn:
             (kind, seq),
         )
         return seq
+
+    def _unallocate(self, kind: str, seq: int) -> None:
+        """Give back the sequence number just allocated (the message was not queued)."""
+        self.pending_seq[kind] = seq - 1
+        self.conn.execute("UPDATE topic_seq SET seq = ? WHERE topic = ?", (seq - 1, kind))
 
     def envelope(self, kind: str, body: dict[str, Any]) -> tuple[int, str, dict[str, Any]]:
         """Wrap a body in the uplink envelope: device, seq, msg_id, ts."""
@@ -78,9 +121,18 @@ class Txn:
         compress: bool = False,
         priority: int | None = None,
     ) -> int:
-        """Put one uplink message in the outbox; returns its sequence number."""
+        """Put one uplink message in the outbox; returns its sequence number.
+
+        A body JSON cannot carry (a NaN or infinite float, a value that is not JSON-able)
+        is quarantined instead of queued, without using a sequence number: returns 0.
+        """
         seq, msg_id, message = self.envelope(kind, body)
-        payload = dumps(message)
+        try:
+            payload = dumps(message)
+        except (ValueError, TypeError, RecursionError) as err:
+            self._unallocate(kind, seq)
+            self.quarantine("outbox", kind, f"not JSON: {err}", body)
+            return 0
         encoding = None
         if compress:
             payload = zlib.compress(payload, 6)

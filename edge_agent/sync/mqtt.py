@@ -32,7 +32,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config import AgentConfig
 from edge_agent.events import Emit
+from edge_agent.store.checks import parse_count
 from edge_agent.store.db import OutboxRow, Store, Txn, delete_outbox, dumps, fetch_outbox
+from edge_agent.store.meta import get_json
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,13 @@ def _set_meta(txn: Txn, key: str, value: Any) -> None:
         "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         (key, json.dumps(value)),
     )
+
+
+def _check_reservation(saved: dict[str, Any]) -> None:
+    """A stored status reservation must be `{"seq": <count>, "used": <bool>}`."""
+    parse_count(saved["seq"])
+    if not isinstance(saved["used"], bool):
+        raise TypeError(f"used is {saved['used']!r}, not a bool")
 
 
 @dataclass
@@ -357,13 +366,9 @@ class MqttUplink:
         """
 
         def op(txn: Txn) -> int:
-            row = txn.conn.execute(
-                "SELECT value FROM meta WHERE key = 'status_reservation'"
-            ).fetchone()
-            if row:
-                saved = json.loads(row[0])
-                if not saved["used"]:
-                    return int(saved["seq"])
+            saved = get_json(txn, "status_reservation", _check_reservation)
+            if saved is not None and not saved["used"]:
+                return int(saved["seq"])
             seq = txn.next_seq("status")
             _set_meta(txn, "status_reservation", {"seq": seq, "used": False})
             return seq
@@ -373,11 +378,8 @@ class MqttUplink:
 
     async def _use_status_reservation(self) -> None:
         def op(txn: Txn) -> None:
-            row = txn.conn.execute(
-                "SELECT value FROM meta WHERE key = 'status_reservation'"
-            ).fetchone()
-            if row:
-                saved = json.loads(row[0])
+            saved = get_json(txn, "status_reservation", _check_reservation)
+            if saved is not None:
                 saved["used"] = True
                 _set_meta(txn, "status_reservation", saved)
 
