@@ -219,7 +219,7 @@ def test_a_daemon_on_a_full_disk_says_degraded_keeps_its_heartbeat_and_recovers(
         try:
 
             def beat(state: str) -> bool:
-                return any(m.payload.get("state") == state for m in sub.of("heartbeat")[-3:])
+                return any(m.payload["health"]["state"] == state for m in sub.of("heartbeat")[-3:])
 
             def events(kind: str) -> list[dict[str, Any]]:
                 return [m.payload for m in sub.of("events") if m.payload["event"] == kind]
@@ -230,9 +230,11 @@ def test_a_daemon_on_a_full_disk_says_degraded_keeps_its_heartbeat_and_recovers(
                 fill(filler)
                 wait_for(lambda: beat("degraded"), 30, "a degraded heartbeat")
                 hb = next(
-                    m.payload for m in sub.of("heartbeat") if m.payload["state"] == "degraded"
+                    m.payload
+                    for m in sub.of("heartbeat")
+                    if m.payload["health"]["state"] == "degraded"
                 )
-                assert hb["degraded"] == ["disk full"]
+                assert hb["health"]["degraded"] == ["disk full"]
                 assert hb["store"]["disk_full"] is True
                 text = cli("status", env=env)
                 assert "degraded: disk full" in text.stdout, text.stdout

@@ -476,3 +476,25 @@ def test_a_daemon_starts_on_a_poisoned_database_and_sends_everything_else(
     quarantined = _quarantine(db)
     assert sum(1 for q in quarantined if q[0] == "results") == len(POISON_RESULTS)
     assert sum(1 for q in quarantined if q[0] == "outbox") == len(POISON_OUTBOX)
+
+
+def test_a_payload_changed_after_the_store_wrote_it_is_checked_again(tmp_path: Path) -> None:
+    """Rows the store encoded carry the payload's CRC-32 and are not parsed again; a payload
+    that no longer matches it (damage, a hand edit) is parsed, and quarantined if it is not
+    JSON any more."""
+    db = tmp_path / "c.db"
+    store = _store(db)
+    store.submit(enqueue("events", {"n": 1})).result(5)
+    store.submit(enqueue("events", {"n": 2})).result(5)
+    store.close()
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE outbox SET payload = CAST('{\"n\": NaN}' AS BLOB) WHERE seq = 1")
+    conn.close()
+    store = _store(db)
+    try:
+        rows = store.submit(fetch_outbox(10, set())).result(5)
+    finally:
+        store.close()
+    assert [json.loads(r.payload)["n"] for r in rows] == [2]
+    assert [q[0] for q in _quarantine(db)] == ["outbox"]

@@ -667,16 +667,17 @@ def fetch_outbox(limit: int, exclude: set[int]) -> Op[list[OutboxRow]]:
         out: list[OutboxRow] = []
         while True:
             rows = txn.conn.execute(
-                "SELECT id, topic, kind, seq, payload, retain, encoding FROM outbox "
+                "SELECT id, topic, kind, seq, payload, retain, encoding, crc FROM outbox "
                 "ORDER BY priority, id LIMIT ?",
                 (limit + len(exclude),),
             ).fetchall()
             poisoned = []
             out = []
-            for r in rows:
+            for full in rows:
+                r = full[:7]
                 if r[0] in exclude:
                     continue
-                problem = outbox_problem(r)
+                problem = outbox_problem(r, full[7])
                 if problem is not None:
                     txn.quarantine("outbox", r[0], problem, r)
                     poisoned.append(r[0])

@@ -139,7 +139,7 @@ class Txn:
             encoding = "zlib"
         self.conn.execute(
             "INSERT INTO outbox(topic, kind, priority, seq, msg_id, payload, created, retain, "
-            "encoding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "encoding, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 f"{self._store.topic_root}/{kind}",
                 kind,
@@ -150,6 +150,7 @@ class Txn:
                 time.time(),
                 int(retain),
                 encoding,
+                zlib.crc32(payload),
             ),
         )
         return seq
