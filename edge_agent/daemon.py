@@ -155,6 +155,7 @@ class Daemon:
             sample_counts=self._sample_counts,
             config_source=self._config_source,
             started_mono=self.started_mono,
+            streams=lambda: self.pipeline.streams,
         )
         self.pipeline.on_results = self.service.on_results
         AgentCommands(

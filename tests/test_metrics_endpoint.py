@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -290,3 +291,19 @@ def test_any_request_bytes_are_answered_or_hung_up_on(request: bytes) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+def test_the_grafana_dashboard_uses_only_metrics_the_daemon_serves(daemon: Daemon) -> None:
+    """config/grafana-dashboard.json: every series it queries is in a real scrape."""
+    dashboard = json.loads(
+        (Path(__file__).parent.parent / "config" / "grafana-dashboard.json").read_text()
+    )
+    _, text = _get(_url(daemon, "/metrics"))
+    served = {s.name for f in _families(text).values() for s in f.samples}
+    used: set[str] = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used |= set(re.findall(r"\b(?:edge_agent|process)_[a-z_]+", target["expr"]))
+    assert used
+    assert used <= served, sorted(used - served)
+    assert {"edge_agent_windows_total", "edge_agent_inference_seconds_bucket"} <= used

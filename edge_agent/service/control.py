@@ -4,7 +4,8 @@ Protocol: the client writes one JSON object per line, `{"cmd": "status"}`; the
 daemon answers each with one JSON line, `{"ok": true, ...}` or
 `{"ok": false, "error": "..."}`. `tail` answers once, then streams one line per
 window result and event until the client hangs up. Commands: `ping`, `status`,
-`reload`, `tail`.
+`reload`, `tail`, and `watch` (the live feed of `edge-agent ui`, see `service/live.py`),
+plus the registry's local commands.
 
 Requests are checked like the MQTT ones: a line longer than `commands.max_request_bytes`
 (64 KiB by default) is answered `too_large` and the connection closed; NaN, Infinity,
@@ -27,7 +28,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ CMD_CHARS = 64
 """Longest command name; a longer one is refused without being quoted back."""
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Streamer = Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]
+"""A streaming command: its reply first, then records until the client hangs up."""
 
 
 class ControlError(EdgeAgentError):
@@ -178,6 +181,7 @@ class ControlServer:
         tail: Where `tail` clients get their records.
         max_request_bytes: Longest request line; a longer one is answered with an error and
             the connection closed, without the line being read into memory whole.
+        streamers: Streaming commands by name (`watch`).
     """
 
     def __init__(
@@ -186,10 +190,12 @@ class ControlServer:
         handlers: Mapping[str, Handler],
         tail: TailFanout,
         max_request_bytes: int = LINE_LIMIT,
+        streamers: Mapping[str, Streamer] | None = None,
     ) -> None:
         self.path = path
         self.handlers = handlers
         self.tail = tail
+        self.streamers = dict(streamers or {})
         self.max_request_bytes = max_request_bytes
         self._server: asyncio.Server | None = None
         self._inode: int | None = None
@@ -289,9 +295,13 @@ class ControlServer:
             if cmd == "tail":
                 await self._tail(reader, writer, request)
                 return
+            streamer = self.streamers.get(cmd)
+            if streamer is not None:
+                await self._stream(reader, writer, streamer(request))
+                return
             handler = self.handlers.get(cmd)
             if handler is None:
-                valid = ", ".join(sorted([*self.handlers, "tail"]))
+                valid = ", ".join(sorted([*self.handlers, *self.streamers, "tail"]))
                 await _send(writer, _error(f"unknown command {cmd!r}; valid: {valid}"))
                 continue
             try:
@@ -332,6 +342,35 @@ class ControlServer:
         finally:
             hangup.cancel()
             self.tail.unsubscribe(q)
+
+    async def _stream(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        records: AsyncIterator[dict[str, Any]],
+    ) -> None:
+        """Send `records` until they end or the client hangs up."""
+        hangup = asyncio.ensure_future(reader.read())  # EOF (b"") when the client leaves
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(records))
+                done, _ = await asyncio.wait({step, hangup}, return_when=asyncio.FIRST_COMPLETED)
+                if step not in done:
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await step
+                    return
+                try:
+                    record = step.result()
+                except StopAsyncIteration:
+                    return
+                await _send(writer, record)
+        finally:
+            hangup.cancel()
+            aclose = getattr(records, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(RuntimeError):
+                    await aclose()
 
 
 def parse_request(line: bytes) -> dict[str, Any]:

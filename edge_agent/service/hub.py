@@ -27,6 +27,7 @@ from edge_agent.health import HealthBoard
 from edge_agent.pipeline.results import ResultBatch
 from edge_agent.registry import Handler
 from edge_agent.service.control import ControlError, ControlServer, TailFanout, control_socket_path
+from edge_agent.service.live import LiveFeed, Streams
 from edge_agent.service.notify import Notifier, watchdog_timeout
 from edge_agent.service.watchdog import PipelineWatchdog, Probe
 
@@ -75,6 +76,7 @@ class ServiceHub:
         config_source: Where the config came from, for `status`.
         started_mono: When the process started (monotonic).
         notifier: systemd's notify socket (default: from the environment).
+        streams: The pipeline's live streams, for the `watch` feed (None: no `watch`).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class ServiceHub:
         config_source: Callable[[], str],
         started_mono: float,
         notifier: Notifier | None = None,
+        streams: Streams | None = None,
     ) -> None:
         self.config = config
         self.health = health
@@ -102,6 +105,9 @@ class ServiceHub:
         self.started_mono = started_mono
         self.notifier = notifier or Notifier()
         self.tail = TailFanout()
+        self.live = (
+            LiveFeed(streams=streams, status=self.status, tail=self.tail) if streams else None
+        )
         self.control: ControlServer | None = None
         self.watchdog: PipelineWatchdog | None = None
         self.rates = RateMeter()
@@ -130,6 +136,7 @@ class ServiceHub:
             self.commands,
             self.tail,
             max_request_bytes=self.config().commands.max_request_bytes,
+            streamers={"watch": self.live.watch} if self.live is not None else None,
         )
         await server.start()
         self.control = server
