@@ -133,21 +133,21 @@ class LiveFeed:
         except ValueError as err:
             yield {"ok": False, "error": f"bad request: {err}"}
             return
-        yield {
-            "ok": True,
-            "watch": {
-                "sensors": sorted(options.sensors) if options.sensors is not None else None,
-                "rate_hz": options.rate_hz,
-                "points": options.points,
-                "health_s": options.health_s,
-            },
-        }
         q = self.tail.subscribe()
         self.watchers += 1
         sent: dict[tuple[str, int, int], int] = {}  # (sensor, stream, ring id) → next index
         next_health = 0.0
         period = 1.0 / options.rate_hz
         try:
+            yield {
+                "ok": True,
+                "watch": {
+                    "sensors": sorted(options.sensors) if options.sensors is not None else None,
+                    "rate_hz": options.rate_hz,
+                    "points": options.points,
+                    "health_s": options.health_s,
+                },
+            }
             while True:
                 started = self.clock()
                 dropped = self.tail.take_dropped(q)
