@@ -61,14 +61,23 @@ class DeviceConfig(Section):
     id: str = Field(
         default_factory=_default_device_id,
         min_length=1,
+        max_length=128,
         pattern=r"^[A-Za-z0-9._-]+$",
         description="Gateway id, unique within the tenant (default: the host name).",
     )
     tenant: str = Field(
-        default="default", min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Tenant id."
+        default="default",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Tenant id (1..128 characters).",
     )
     site: str = Field(
-        default="default", min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Site id."
+        default="default",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Site id (1..128 characters).",
     )
 
 
@@ -84,14 +93,19 @@ class MqttConfig(Section):
     topic_prefix: str = Field(
         default="edge",
         min_length=1,
-        pattern=r"^[^#+]+$",
+        max_length=256,
+        pattern=r"^[^#+\x00]+$",
         description="First topic level; topics are <prefix>/<tenant>/<site>/<device>/<kind>.",
     )
     protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version.")
     client_id: str | None = Field(
-        default=None, description="MQTT client id (default: edge-agent-<tenant>-<device.id>)."
+        default=None,
+        max_length=256,
+        description="MQTT client id (default: edge-agent-<tenant>-<device.id>).",
     )
-    username: str | None = Field(default=None, description="User name for broker authentication.")
+    username: str | None = Field(
+        default=None, max_length=256, description="User name for broker authentication."
+    )
     password: SecretStr | None = Field(
         default=None, description="Password for broker authentication (never logged or shown)."
     )
@@ -364,7 +378,12 @@ class OtaConfig(Section):
 class SensorBase(Section):
     """Keys every sensor has, whatever its link."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Unique sensor name.")
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Unique sensor name (1..128 characters).",
+    )
     models: list[str] = Field(
         default_factory=lambda: ["imu-activity"],
         description="Model bundles run on this sensor's windows: 'name' or 'name@version' "

@@ -51,6 +51,8 @@ def _refused(data: dict[str, Any], path: str, environ: dict[str, str] | None = N
         ({"mqtt": {"host": " "}}, "mqtt.host"),
         ({"mqtt": {"host": "broker lan"}}, "mqtt.host"),
         ({"mqtt": {"host": "x" * 254}}, "mqtt.host"),
+        ({"mqtt": {"topic_prefix": "edge\x00"}}, "mqtt.topic_prefix"),
+        ({"device": {"id": "g" * 129}}, "device.id"),
         ({"mqtt": {"port": 0}}, "mqtt.port"),
         ({"mqtt": {"port": 65536}}, "mqtt.port"),
         ({"mqtt": {"max_messages_per_s": 1e-9}}, "mqtt.max_messages_per_s"),
