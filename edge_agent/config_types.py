@@ -1,6 +1,7 @@
-"""Config value types that check sense, not only type: hosts and paths that name something.
+"""The base of every config section, and value types that check sense, not only type.
 
-Kept apart from the sections so a plugin's own config model can use them too.
+Hosts and paths must name something. Kept apart from the sections so a plugin's own
+config model (and the sensor configs in `config_sensors`) can use them too.
 """
 
 from __future__ import annotations
@@ -8,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
-__all__ = ["DeviceText", "FilePath", "Host"]
+__all__ = ["DeviceText", "FilePath", "Host", "Section"]
 
 
 def _host(value: str) -> str:
@@ -39,3 +40,14 @@ FilePath = Annotated[Path, BeforeValidator(_path_text)]
 """A path that is not empty (Path("") would be the current directory)."""
 DeviceText = Annotated[str, BeforeValidator(_path_text)]
 """A device path kept as text (a serial port): not blank."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are checked on assignment.
+
+    No key means NaN or an infinity, so numbers must be finite everywhere.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
