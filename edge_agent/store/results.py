@@ -72,6 +72,30 @@ def _quarantine_windows(
     return [r for r, ok in zip(rows, finite.tolist(), strict=True) if ok]
 
 
+# `store.checks.result_problem` in SQL (run in C for every row; Python only for the few that
+# fail, to word the reason): names non-empty text, numbers finite, t_end >= t_start.
+_FINITE = "typeof({0}) IN ('integer', 'real') AND abs({0}) <= 1.7976931348623157e308"
+_SANE = (
+    "("
+    + " AND ".join(
+        [
+            *(f"typeof({c}) = 'text' AND {c} <> ''" for c in ("sensor", "model", "model_version")),
+            *(_FINITE.format(c) for c in ("t_start", "t_end", "confidence")),
+            "t_end >= t_start",
+            "(label IS NULL OR typeof(label) = 'text')",
+        ]
+    )
+    + ")"
+)
+
+
+_PACK_SQL = (
+    "SELECT id, sensor, model, model_version, t_start, t_end, label, confidence, "
+    + _SANE
+    + " FROM results WHERE id > ? ORDER BY id LIMIT ?"
+)
+
+
 def pack_results(limit: int, *, compress: bool = False) -> Op[int]:
     """Move committed results not yet uploaded into `results` outbox messages (columnar).
 
@@ -81,19 +105,15 @@ def pack_results(limit: int, *, compress: bool = False) -> Op[int]:
 
     def op(txn: Txn) -> int:
         cursor = results_cursor(txn)
-        rows = txn.conn.execute(
-            "SELECT id, sensor, model, model_version, t_start, t_end, label, confidence "
-            "FROM results WHERE id > ? ORDER BY id LIMIT ?",
-            (cursor, limit),
-        ).fetchall()
+        rows = txn.conn.execute(_PACK_SQL, (cursor, limit)).fetchall()
         if not rows:
             return 0
         groups: dict[tuple[str, str, str], list[tuple[Any, ...]]] = {}
         poisoned: list[int] = []
         for r in rows:
-            problem = result_problem(r)
-            if problem is not None:
-                txn.quarantine("results", r[0], problem, r)
+            if not r[8]:  # the reason, from the same check in Python
+                problem = result_problem(r[:8]) or "refused by the store's check"
+                txn.quarantine("results", r[0], problem, r[:8])
                 poisoned.append(r[0])
                 continue
             groups.setdefault((r[1], r[2], r[3]), []).append(r)
