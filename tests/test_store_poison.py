@@ -498,3 +498,48 @@ def test_a_payload_changed_after_the_store_wrote_it_is_checked_again(tmp_path: P
         store.close()
     assert [json.loads(r.payload)["n"] for r in rows] == [2]
     assert [q[0] for q in _quarantine(db)] == ["outbox"]
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    cursor=st.one_of(_scalar, st.integers(0, 10**9).map(str)),
+    reservation=st.one_of(_scalar, _json_bytes.map(bytes.decode)),
+)
+def test_any_meta_value_reads_as_a_usable_one(
+    tmp_path_factory: pytest.TempPathFactory, cursor: object, reservation: object
+) -> None:
+    """Whatever the `meta` table holds, reading it gives a usable value (or none) and a
+    value that was not usable is in the quarantine, never an exception."""
+    from edge_agent.store.meta import get_json, results_cursor
+    from edge_agent.store.txn import Txn
+    from edge_agent.sync.mqtt import _check_reservation
+
+    db = tmp_path_factory.getbasetemp() / "meta-fuzz.db"
+    if not db.exists():
+        _fresh(db)
+    conn = sqlite3.connect(db, isolation_level=None)
+    store = Store(db, device_id="gw", topic_root=ROOT, reserve_bytes=0)
+    conn.execute("BEGIN")
+    try:
+        conn.execute("DELETE FROM meta")
+        conn.execute("INSERT INTO meta(key, value) VALUES ('results_cursor', ?)", (cursor,))
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('status_reservation', ?)", (reservation,)
+        )
+        txn = Txn(store, conn)
+        value = results_cursor(txn)
+        saved = get_json(txn, "status_reservation", _check_reservation)
+        assert isinstance(value, int)
+        assert value >= 0
+        if saved is not None:
+            assert parse_count(saved["seq"]) >= 0
+            assert isinstance(saved["used"], bool)
+        quarantined = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+        assert quarantined == len(txn.quarantined)
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
