@@ -24,21 +24,11 @@ PACKAGES = ("edge_agent", "firmware_bridge")
 SIZE_CHECKED = (*PACKAGES, "scripts", "tests")
 MAX_LINES = 900
 
-# Circles being removed this round, each as the set of modules of one strongly connected
-# component; a component passes while it lies inside one of these. Empty when done.
-ALLOWED_CYCLES: tuple[frozenset[str], ...] = ()
-
 # Who may import the composition root: the two things that run it, `edge-agent run` (the
 # runner) and `edge-agent bench` (its workers run a daemon on a thread and observe it through
 # its hooks). Tests may too; they are not scanned here. Components never do: they get ports.
 DAEMON = "edge_agent.daemon"
 DAEMON_IMPORTERS = frozenset({"edge_agent.runner", "edge_agent.bench.timed"})
-# Importers being moved to narrow ports or hooks this round. Empty when done.
-DAEMON_IMPORTERS_PENDING: frozenset[str] = frozenset()
-
-# Modules over MAX_LINES being split this round (path relative to the repository). Empty
-# when done.
-OVERSIZED_PENDING: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -208,8 +198,7 @@ def describe(graph: dict[str, dict[str, Import]], component: list[str]) -> str:
 def test_no_import_cycles(graph: dict[str, dict[str, Import]]) -> None:
     """No circle among the modules, counting imports under TYPE_CHECKING and in functions."""
     components = strongly_connected(graph)
-    offending = [c for c in components if not any(set(c) <= allowed for allowed in ALLOWED_CYCLES)]
-    assert not offending, "import cycles:\n" + "\n".join(describe(graph, c) for c in offending)
+    assert not components, "import cycles:\n" + "\n".join(describe(graph, c) for c in components)
 
 
 def test_firmware_bridge_imports_nothing_of_edge_agent(modules: dict[str, Path]) -> None:
@@ -252,25 +241,19 @@ def test_only_the_runner_imports_the_composition_root(
         if target == DAEMON
     }
     wrong = [
-        str(edge)
-        for source, edge in sorted(importers.items())
-        if source not in DAEMON_IMPORTERS | DAEMON_IMPORTERS_PENDING
+        str(edge) for source, edge in sorted(importers.items()) if source not in DAEMON_IMPORTERS
     ]
     assert not wrong, f"{DAEMON} is imported by:\n" + "\n".join(wrong)
 
 
 def test_no_module_over_the_size_limit() -> None:
     """A module a reader can hold in mind: at most MAX_LINES lines."""
-    oversized = {
+    sizes = {
         str(path.relative_to(REPO)): len(path.read_text(encoding="utf-8").splitlines())
         for top in SIZE_CHECKED
         for path in sorted((REPO / top).rglob("*.py"))
     }
-    offenders = {
-        path: lines
-        for path, lines in oversized.items()
-        if lines > MAX_LINES and path not in OVERSIZED_PENDING
-    }
+    offenders = {path: lines for path, lines in sizes.items() if lines > MAX_LINES}
     assert not offenders, f"modules over {MAX_LINES} lines: " + ", ".join(
         f"{path} ({lines})" for path, lines in sorted(offenders.items())
     )
