@@ -325,7 +325,7 @@ class Daemon:
     async def _heartbeat_body(self) -> dict[str, Any]:
         depth = await self.store.call(outbox_depth())
         times = os.times()
-        snap = self.health.snapshot()
+        snap = self.health.snapshot("sensors", "store", "mqtt", "components", "config_guard")
         return {
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started_mono, 1),
@@ -337,7 +337,8 @@ class Daemon:
             "store": {k: v for k, v in snap["store"].items() if k != "pending"},
             "mqtt": {k: v for k, v in snap["mqtt"].items() if k != "connected_since"},
             "health": {"state": snap["state"], "degraded": snap["degraded"]},
-            "components": snap["components"],
+            # Only the parts that failed: the heartbeat stays small while all is well.
+            "components": {n: c for n, c in snap["components"].items() if c["restarts"]},
             "config_guard": snap.get("config_guard"),
         }
 

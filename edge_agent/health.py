@@ -66,10 +66,13 @@ class HealthBoard:
         with self._lock:
             return list(self._degraded)
 
-    def snapshot(self) -> dict[str, Any]:
-        """`{"state": "healthy"|"degraded", "degraded": [reasons], <name>: {...}, ...}`."""
+    def snapshot(self, *names: str) -> dict[str, Any]:
+        """`{"state": "healthy"|"degraded", "degraded": [reasons], <name>: {...}, ...}`.
+
+        With `names`, only those sections are computed (a cheaper read for a status line).
+        """
         with self._lock:
-            providers = list(self._providers.items())
+            providers = [(n, fn) for n, fn in self._providers.items() if not names or n in names]
             degraded = list(self._degraded)
         out: dict[str, Any] = {
             "state": "degraded" if degraded else "healthy",

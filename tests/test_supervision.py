@@ -23,6 +23,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import tomlkit
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -141,30 +142,29 @@ def gateway(
             )
             for i, name in enumerate(sensors)
         }
-        config = parse_config(
-            {
-                "device": {"id": "gw-sup", "tenant": "t", "site": "s"},
-                "mqtt": {"port": port, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
-                "storage": {"path": str(db)},
-                "logging": {"show_results": False},
-                "models": {"dirs": [str(models)]},
-                "sync": {
-                    "heartbeat_interval_s": 1.0,
-                    "results_interval_s": 1.0,
-                    "summary_interval_s": 1.0,
-                },
-                "service": {"control_socket": str(tmp_path / "agent.sock")},
-                "ota": {"install_dir": str(tmp_path / "ota")},
-                "sensors": [
-                    {"name": name, "link": "serial", "port": emu.tty_path, "models": refs}
-                    for (name, refs), emu in zip(sensors.items(), emulators.values(), strict=True)
-                ],
-                **(extra or {}),
+        data = {
+            "device": {"id": "gw-sup", "tenant": "t", "site": "s"},
+            "mqtt": {"port": port, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
+            "storage": {"path": str(db)},
+            "logging": {"show_results": False},
+            "models": {"dirs": [str(models)]},
+            "sync": {
+                "heartbeat_interval_s": 1.0,
+                "results_interval_s": 1.0,
+                "summary_interval_s": 1.0,
             },
-            source="test",
-            environ={},
-        )
-        daemon = Daemon(config, handle_signals=False, backoff=FAST)
+            "service": {"control_socket": str(tmp_path / "agent.sock")},
+            "ota": {"install_dir": str(tmp_path / "ota")},
+            "sensors": [
+                {"name": name, "link": "serial", "port": emu.tty_path, "models": refs}
+                for (name, refs), emu in zip(sensors.items(), emulators.values(), strict=True)
+            ],
+            **(extra or {}),
+        }
+        path = tmp_path / "agent.toml"  # what a reload re-reads
+        path.write_text(tomlkit.dumps(data), encoding="utf-8")
+        config = parse_config(data, source="test", environ={})
+        daemon = Daemon(config, handle_signals=False, backoff=FAST, config_path=path)
         with serving_in_thread(daemon, until=lambda d: d.windows_committed > 0) as served:
             yield served, db
 
@@ -264,6 +264,14 @@ def test_a_model_returning_nan_is_disabled_for_its_stream_while_the_rest_carry_o
         health = daemon.sensor_health()["imu-1"]["models"]
         assert health[f"{NAN}@1.0.0"] == "returned NaN or infinite values"
         assert health[f"{GOOD}@1.0.0"] == "ok"
+        # A reload gives it another chance: served again, then disabled again (still NaN).
+        assert daemon.loop is not None
+        outcome = asyncio.run_coroutine_threadsafe(daemon.reload(), daemon.loop).result(20)
+        assert outcome["ok"], outcome
+        recovered = wait_for(lambda: stored_events(db, "model.recovered"), 10, "recovered")
+        assert (recovered[0]["sensor"], recovered[0]["by"]) == ("imu-1", "reload")
+        wait_for(lambda: len(stored_events(db, "model.failed")) == 2, 20, "failed again")
+        witness_keeps_committing(db, "imu-0")
 
 
 # -- sensor streams --------------------------------------------------------------------------

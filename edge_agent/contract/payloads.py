@@ -255,8 +255,9 @@ class HeartbeatPayload(Envelope):
     )
     components: dict[str, ComponentHealth] | None = Field(
         default=None,
-        description="Supervised components by name (`pipeline`, `mqtt`, `heartbeat`, "
-        "`stream:<name>`, ...): state, restarts, last failure.",
+        description="Supervised components that failed since start, by name (`pipeline`, "
+        "`mqtt`, `heartbeat`, `stream:<name>`, ...): state, restarts, last failure; empty "
+        "while none did (`status` lists them all).",
     )
 
 

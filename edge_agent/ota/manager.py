@@ -169,8 +169,9 @@ class OtaManager:
         is an event) ends this call with its exception, so the supervisor reports it; the
         manager's state (repository, probations) carries on.
         """
-        failures = self._failures = asyncio.Queue()
-        raise await failures.get()
+        if self._failures is None:  # kept across restarts: no failure goes unreported
+            self._failures = asyncio.Queue()
+        raise await self._failures.get()
 
     async def close(self) -> None:
         """Stop deployments and probations (a version on probation is reverted at next start)."""

@@ -295,7 +295,7 @@ class ServiceHub:
 
     def status_line(self) -> str:
         """One line for `systemctl status` (STATUS=)."""
-        snap = self.health.snapshot()
+        snap = self.health.snapshot("sensors", "mqtt", "pipeline")
         sensors: Mapping[str, Any] = snap.get("sensors", {})
         enabled = [h for h in sensors.values() if h.get("state") != "disabled"]
         streaming = sum(
