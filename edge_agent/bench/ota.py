@@ -39,7 +39,6 @@ from edge_agent.inference.bundle import (
     Bundle,
     find_bundle,
     shipped_models_dir,
-    shipped_recording,
     write_manifest,
 )
 from edge_agent.inference.runtime import open_runtime
@@ -94,8 +93,10 @@ def bench_hot_swap(swaps: int = 20, sensors: int = 2, interval_s: float = 0.05) 
         other = _copy_as(shipped, tmp / "models", "1.0.1-bench")
         trials = tmp / "trial"  # searched by `ota.activate`; filled once the daemon serves
         trials.mkdir()
+        # The held-out recording of the model being swapped, whatever emulators play by default.
+        recording = CsvRecording(shipped_models_dir() / MODEL / "recordings" / "heldout.csv")
         emulators = [
-            DeviceEmulator(CsvRecording(shipped_recording()), device_id=f"imu-{i}", max_rate=True)
+            DeviceEmulator(recording.with_offset(0), device_id=f"imu-{i}", max_rate=True)
             for i in range(sensors)
         ]
         for emu in emulators:
