@@ -50,7 +50,7 @@ def test_cli_trains_a_bundle_the_runtime_loads(recordings: Path, tmp_path: Path)
     proc = subprocess.run(
         [
             sys.executable, "-m", "edge_agent", "models", "train",
-            "--csv", str(recordings), "--out", str(out), "--version", "0.1.0",
+            "--csv", str(recordings), "--out", str(out), "--version", "0.1.0", "--json",
         ],
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
@@ -90,7 +90,7 @@ def test_unlabelled_or_mixed_recordings_are_refused(recordings: Path, tmp_path: 
         train_bundle([unlabelled], tmp_path / "m" / "x", "1")
     other = tmp_path / "other.csv"
     other.write_text("timestamp,ax,ay,label\n0.0,1,2,a\n0.1,1,2,a\n")
-    with pytest.raises(TrainingError, match="differ from the first recording"):
+    with pytest.raises(TrainingError, match="differ from the first file"):
         train_bundle([recordings / "session-1.csv", other], tmp_path / "m" / "x", "1")
     with pytest.raises(TrainingError, match="need at least 2 labels"):
         train_bundle([other], tmp_path / "m" / "x", "1")
