@@ -50,8 +50,8 @@ class SensorBase(Section):
     profile: ProfileConfig = Field(
         default_factory=default_profile,
         description="What the device speaks: a table chosen by `protocol` ('v1' (default), "
-        "'witmotion', 'witmotion-ble', 'text'), e.g. { protocol = \"witmotion\", rate_hz = 10 }; "
-        "a bare protocol name also works.",
+        "'witmotion', 'witmotion-ble', 'text', 'struct', 'struct-ble'), e.g. "
+        '{ protocol = "witmotion", rate_hz = 10 }; a bare protocol name also works.',
     )
     silence_limit_s: float = Field(
         default=2.0,
@@ -138,6 +138,11 @@ class BleSensorConfig(SensorBase):
     def _findable(self) -> BleSensorConfig:
         if not (self.address or self.name_pattern or self.service_uuid):
             raise ValueError("set at least one of address, name_pattern, service_uuid")
+        if not self.notify_uuid and not self.profile.ble_notify_uuids:
+            raise ValueError(
+                f"set notify_uuid: profile {self.profile.protocol!r} has no default "
+                "characteristic (the device's datasheet names the one that notifies the data)"
+            )
         return self
 
 

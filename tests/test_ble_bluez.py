@@ -165,11 +165,11 @@ class Device(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def Name(self) -> DBusStr:
-        return "IMU-belt"
+        return self.double.name
 
     @dbus_property(access=PropertyAccess.READ)
     def Alias(self) -> DBusStr:
-        return "IMU-belt"
+        return self.double.name
 
     @dbus_property(access=PropertyAccess.READ)
     def Adapter(self) -> DBusObjectPath:
@@ -209,7 +209,7 @@ class Device(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def UUIDs(self) -> DBusStrList:
-        return [NUS_SERVICE]
+        return [self.double.service_uuid]
 
     @dbus_property(access=PropertyAccess.READ)
     def ManufacturerData(self) -> DBusManufacturerData:
@@ -221,14 +221,15 @@ class Device(ServiceInterface):
 
 
 class GattService(ServiceInterface):
-    """org.bluez.GattService1: the Nordic UART Service."""
+    """org.bluez.GattService1: the Nordic UART Service (or the service the test sets)."""
 
-    def __init__(self) -> None:
+    def __init__(self, double: "BlueZDouble") -> None:
         super().__init__("org.bluez.GattService1")
+        self.double = double
 
     @dbus_property(access=PropertyAccess.READ)
     def UUID(self) -> DBusStr:
-        return NUS_SERVICE
+        return self.double.service_uuid
 
     @dbus_property(access=PropertyAccess.READ)
     def Device(self) -> DBusObjectPath:
@@ -270,7 +271,7 @@ class GattCharacteristic(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def UUID(self) -> DBusStr:
-        return NUS_TX
+        return self.double.char_uuid
 
     @dbus_property(access=PropertyAccess.READ)
     def Service(self) -> DBusObjectPath:
@@ -294,17 +295,24 @@ class GattCharacteristic(ServiceInterface):
 
 
 class BlueZDouble:
-    """``org.bluez`` on a private bus, served from its own thread and event loop."""
+    """``org.bluez`` on a private bus, served from its own thread and event loop.
+
+    The peripheral is a Nordic UART Service device named "IMU-belt" unless a test sets
+    :attr:`name`, :attr:`service_uuid` and :attr:`char_uuid` before anything scans.
+    """
 
     def __init__(self, address: str) -> None:
         self.address = address
+        self.name = "IMU-belt"
+        self.service_uuid = NUS_SERVICE
+        self.char_uuid = NUS_TX
         self.calls: list[str] = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bluez-double")
         self.bus: MessageBus | None = None
         self.adapter = Adapter(self)
         self.device = Device(self)
-        self.service = GattService()
+        self.service = GattService(self)
         self.char = GattCharacteristic(self)
         self.gatt_exported = False
         self.device_exported = False
@@ -377,6 +385,16 @@ class BlueZDouble:
             for i in range(0, len(data), mtu - 3):
                 self.char.value = data[i : i + mtu - 3]
                 self.char.emit_properties_changed({"Value": self.char.value})
+
+        self.call(send())
+
+    def notify_each(self, values: list[bytes]) -> None:
+        """Send each value as one notification (a device notifying a struct per sample)."""
+
+        async def send() -> None:
+            for value in values:
+                self.char.value = value
+                self.char.emit_properties_changed({"Value": value})
 
         self.call(send())
 

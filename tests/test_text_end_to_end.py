@@ -39,12 +39,13 @@ def _walking(out: Path) -> Path:
     return out
 
 
-def _labels(db: Path) -> list[str]:
+def _labels(db: Path, sensor: str = "arduino") -> list[str]:
+    """Labels of the window results of ``sensor`` committed so far."""
     if not db.exists():
         return []
     conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT label FROM results WHERE sensor = 'arduino'").fetchall()
+        rows = conn.execute("SELECT label FROM results WHERE sensor = ?", (sensor,)).fetchall()
     except sqlite3.OperationalError:  # the schema is not there yet
         return []
     finally:

@@ -310,11 +310,20 @@ def test_emulated_device_round_trips(wire: str) -> None:
 # -- fuzzing -------------------------------------------------------------------------------------
 
 
+_LAYOUT = {"rate_hz": 10, "sync": "55", "format": "<3hB", "fields": ["x", "y", "z", "n"]}
+FUZZ_OPTIONS: dict[str, dict[str, Any]] = {
+    "v1": {},
+    "struct": _LAYOUT | {"counter": "n", "checksum": "sum8"},
+    "struct-ble": _LAYOUT,
+}
+"""Options of the profiles that need more than a rate."""
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(protocol=st.sampled_from(available_profiles()), chunks=st.lists(st.binary(max_size=90)))
 def test_any_bytes_never_raise(protocol: str, chunks: list[bytes]) -> None:
     """Every decoder takes any input; every frame it returns is well-formed."""
-    options = {} if protocol == "v1" else {"rate_hz": 10}
+    options = FUZZ_OPTIONS.get(protocol, {"rate_hz": 10})
     profile = open_profile(profile_config(protocol, **options), device_id="fuzz")
     hello: Hello | None = None
     for i, chunk in enumerate(chunks):

@@ -388,6 +388,9 @@ def _summary(
         summary["status"] = monitor.status
     if "measured_rate_hz" in decoder:
         summary["device_rate_hz"] = decoder.get("rate_hz")
+    fields = getattr(link.decoder, "last_fields", None)
+    if fields:
+        summary["fields"] = fields  # the last packet's fields as sent (struct profiles)
     temperature = getattr(link.decoder, "temperature_c", None)
     if temperature is not None:
         summary["temperature_c"] = temperature
@@ -407,6 +410,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
         )
     for name, v in summary["latest"].items():
         typer.echo(f"  {name:>8} {v['value']:+12.5f} {v['unit']}")
+    if summary.get("fields"):
+        raw = "  ".join(f"{k}={v:g}" for k, v in summary["fields"].items())
+        typer.echo(f"last packet as sent: {raw}")
     errors = {k: v for k, v in summary["errors"].items() if v}
     typer.echo("counters: " + (" ".join(f"{k}={v}" for k, v in errors.items()) or "all zero"))
     if not summary["samples"]:

@@ -15,6 +15,7 @@ One module per concern:
 - :mod:`~firmware_bridge.emulator.v1`: protocol v1 frames (:func:`encode_stream`);
 - :mod:`~firmware_bridge.emulator.witmotion`: WitMotion vendor packets;
 - :mod:`~firmware_bridge.emulator.text`: a sketch printing one line of numbers per sample;
+- :mod:`~firmware_bridge.emulator.packets`: a board sending a fixed binary struct;
 - :mod:`~firmware_bridge.emulator.capture`: raw captures recorded on a gateway;
 - :mod:`~firmware_bridge.emulator.pty`: the pseudo-terminal and its symlink;
 - :mod:`~firmware_bridge.emulator.device`: :class:`DeviceEmulator`, the paced writer;
@@ -26,6 +27,7 @@ from __future__ import annotations
 from firmware_bridge.emulator.capture import CAPTURE_MAGIC, Capture, CaptureError, CaptureWriter
 from firmware_bridge.emulator.device import WIRES, DeviceEmulator
 from firmware_bridge.emulator.motion import GRAVITY, MotionSource, default_scales
+from firmware_bridge.emulator.packets import StructEncoder, encode_struct
 from firmware_bridge.emulator.recording import CsvRecording, RecordingError
 from firmware_bridge.emulator.simulator import run_simulator
 from firmware_bridge.emulator.synthetic import ACTIVITIES, SyntheticMotion
@@ -46,10 +48,12 @@ __all__ = [
     "DeviceEmulator",
     "MotionSource",
     "RecordingError",
+    "StructEncoder",
     "SyntheticMotion",
     "TextEncoder",
     "default_scales",
     "encode_stream",
+    "encode_struct",
     "encode_text",
     "encode_witmotion",
     "run_simulator",

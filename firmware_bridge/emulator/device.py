@@ -12,10 +12,11 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from firmware_bridge.emulator.capture import Capture, CaptureEncoder
 from firmware_bridge.emulator.motion import MotionSource
+from firmware_bridge.emulator.packets import StructEncoder
 from firmware_bridge.emulator.pty import Pty, point_symlink, remove_symlink
 from firmware_bridge.emulator.text import TextEncoder
 from firmware_bridge.emulator.v1 import StreamEncoder
@@ -26,11 +27,11 @@ __all__ = ["WIRES", "DeviceEmulator"]
 
 _log = logging.getLogger(__name__)
 
-WIRES = ("v1", "witmotion", "witmotion-ble", "text")
+WIRES = ("v1", "witmotion", "witmotion-ble", "text", "struct", "struct-ble")
 """Wire formats an emulated device can speak."""
 
 
-Encoder = StreamEncoder | WitMotionEncoder | TextEncoder | CaptureEncoder
+Encoder = StreamEncoder | WitMotionEncoder | TextEncoder | StructEncoder | CaptureEncoder
 
 
 class _Device:
@@ -242,6 +243,8 @@ class DeviceEmulator:
         speed: float = 1.0,
         loop: bool = True,
         garbage_every: int = 0,
+        layout: Any = None,
+        lose_every: int = 0,
     ) -> None:
         """Configure the device; nothing is opened until :meth:`start`.
 
@@ -268,7 +271,12 @@ class DeviceEmulator:
                 (profile ``text``).
             outputs: The packets per sample of a ``"witmotion"`` device.
             garbage_every: A ``"text"`` device also prints one bad line every this many
-                samples (0: never), like a noisy serial port.
+                samples, a ``"struct"`` one a few bytes of noise (0: never), like a noisy
+                serial port.
+            layout: The packet layout of a ``"struct"`` / ``"struct-ble"`` device: the
+                profile config the gateway decodes it with.
+            lose_every: A ``"struct"`` device leaves out every N-th packet, its counter still
+                advancing (0: never).
             speed: Playback speed of a :class:`Capture` source (2.0: twice as fast).
             loop: Whether a :class:`Capture` source starts over when it ends.
 
@@ -294,6 +302,13 @@ class DeviceEmulator:
             self._encoder = TextEncoder(
                 source, device_id=device_id, rate_hz=rate_hz, batch=batch,
                 garbage_every=garbage_every,
+            )  # fmt: skip
+        elif wire in ("struct", "struct-ble"):
+            if layout is None:
+                raise ValueError(f"wire {wire!r} needs the layout (its profile config)")
+            self._encoder = StructEncoder(
+                source, layout, device_id=device_id, rate_hz=rate_hz, batch=batch,
+                lose_every=lose_every, garbage_every=garbage_every,
             )  # fmt: skip
         elif wire in WIRES:
             self._encoder = WitMotionEncoder(

@@ -46,6 +46,7 @@ class EmulatedLink(SerialLink):
             device_id=config.device_id or self.name,
             rate_hz=config.rate_hz,
             wire=wire,
+            layout=profile if wire in ("struct", "struct-ble") else None,
         )
 
     @property

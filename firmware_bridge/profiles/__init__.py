@@ -12,6 +12,8 @@ protocol                  devices
 ``witmotion-ble``         WitMotion WT901BLE family, 20-byte 0x55 0x61 BLE notifications
 ``text``                  numbers printed one sample per line (Arduino sketches, Edge Impulse
                           data forwarder)
+``struct``                a fixed binary packet described in config, on a serial port
+``struct-ble``            the same layout, whole packets per GATT notification
 ========================  ==================================================================
 """
 
@@ -25,6 +27,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field
 
 from firmware_bridge.profiles.base import Profile, ProfileConfigBase
+from firmware_bridge.profiles.struct_layout import StructBleConfig, StructConfig
 from firmware_bridge.profiles.text import TextConfig
 from firmware_bridge.profiles.v1 import V1Config
 from firmware_bridge.profiles.witmotion import WitMotionConfig
@@ -34,6 +37,8 @@ __all__ = [
     "Profile",
     "ProfileConfig",
     "ProfileConfigBase",
+    "StructBleConfig",
+    "StructConfig",
     "TextConfig",
     "V1Config",
     "WitMotionBleConfig",
@@ -50,6 +55,8 @@ _PROFILES: dict[str, str] = {
     "witmotion": "firmware_bridge.profiles.witmotion:WitMotionProfile",
     "witmotion-ble": "firmware_bridge.profiles.witmotion_ble:WitMotionBleProfile",
     "text": "firmware_bridge.profiles.text:TextProfile",
+    "struct": "firmware_bridge.profiles.struct_layout:StructProfile",
+    "struct-ble": "firmware_bridge.profiles.struct_layout:StructBleProfile",
 }
 
 
@@ -63,7 +70,7 @@ def _shorthand(value: Any) -> Any:
 
 
 ProfileConfig = Annotated[
-    V1Config | WitMotionConfig | WitMotionBleConfig | TextConfig,
+    V1Config | WitMotionConfig | WitMotionBleConfig | TextConfig | StructConfig | StructBleConfig,
     Field(discriminator="protocol"),
     BeforeValidator(_shorthand),
 ]

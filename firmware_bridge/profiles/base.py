@@ -192,6 +192,11 @@ class HostClock:
         """Forget the phase, e.g. after the link reconnected."""
         self._next = None
 
+    def skip(self, n: int) -> None:
+        """``n`` samples were lost before the next ones (the device's counter says so)."""
+        if self._next is not None:
+            self._next += n * self.period_s
+
     def stamp(self, n: int, recv: float) -> tuple[float, int]:
         """Time of the first of ``n`` samples that arrived at ``recv``, and samples missed."""
         period = self.period_s
@@ -280,7 +285,12 @@ class HostTimedProfile(Profile):
         self._learner = RateLearner()
         self._clock: HostClock | None = None
         self._origin: float | None = None
-        self._pending: list[tuple[npt.NDArray[np.int16], float]] = []
+        self._pending: list[tuple[npt.NDArray[np.int16], float, list[tuple[int, int]]]] = []
+        #: Gaps a device's own packet counter shows in the read being decoded, as
+        #: (index of the first sample after the gap, samples lost); a subclass with a
+        #: counter appends to it in :meth:`_decode`.
+        self._read_gaps: list[tuple[int, int]] = []
+        self._carried_gap = 0  # lost after the last sample of a read: goes with the next
         self._pending_n = 0
         self._seq = 0
         self._hello_due = True
@@ -312,23 +322,29 @@ class HostTimedProfile(Profile):
         self.stats.bytes_in += len(data)
         samples = self._decode(data)
         n = len(samples)
+        gaps, self._read_gaps = self._read_gaps, []
+        if self._carried_gap:
+            gaps.insert(0, (0, self._carried_gap))
+            self._carried_gap = 0
         if n == 0:
+            self._carried_gap = sum(k for _, k in gaps)
             return []
+        gap = sorted(gaps)
         self.stats.samples += n
         self._observe_rate(n, recv_mono)
         if self._rate is None:
             if self._pending_n + n > self.MAX_PENDING:
                 self._pending.clear()
                 self._pending_n = 0
-            self._pending.append((samples, recv_mono))
+            self._pending.append((samples, recv_mono, gap))
             self._pending_n += n
             return []
         frames: list[Frame] = []
         if self._pending:
             pending, self._pending, self._pending_n = self._pending, [], 0
-            for chunk, recv in pending:
-                frames.extend(self._batches(chunk, recv))
-        frames.extend(self._batches(samples, recv_mono))
+            for chunk, recv, lost in pending:
+                frames.extend(self._batches(chunk, recv, lost))
+        frames.extend(self._batches(samples, recv_mono, gap))
         return frames
 
     def _observe_rate(self, n: int, recv: float) -> None:
@@ -365,25 +381,64 @@ class HostTimedProfile(Profile):
         self._rate_suspect = False
         self.stats.rate_hz = self._rate
 
-    def _batches(self, samples: npt.NDArray[np.int16], recv: float) -> list[Frame]:
-        rate = self._rate
-        assert rate is not None
+    def _batches(
+        self,
+        samples: npt.NDArray[np.int16],
+        recv: float,
+        gaps: Sequence[tuple[int, int]] = (),
+    ) -> list[Frame]:
+        """HELLO when due, then IMU_BATCH frames; split where the device's counter jumped."""
         frames: list[Frame] = []
         if self._hello_due:
             hello = self.hello()
             assert hello is not None
             frames.append(Frame(FrameType.HELLO, 0, self._next_seq(), 0, hello_payload(hello)))
             self._hello_due = False
+        n = len(samples)
+        segments: list[tuple[int, int, int]] = []  # (start, end, lost before start)
+        start = 0
+        lost = 0
+        for index, k in gaps:
+            at = min(max(index, start), n)
+            if at > start:
+                segments.append((start, at, lost))
+                start, lost = at, 0
+            lost += k
+        if start < n:
+            segments.append((start, n, lost))
+        else:
+            self._carried_gap += lost
+        # Only the read's last sample arrived at `recv`: an earlier segment arrived as much
+        # earlier as the samples (received or lost) that follow it take.
+        period = 1.0 / self._rate if self._rate else 0.0
+        after = 0
+        arrivals: list[float] = []
+        for begin, end, lost_before in reversed(segments):
+            arrivals.append(recv - after * period)
+            after += end - begin + lost_before
+        for (begin, end, lost_before), arrival in zip(segments, reversed(arrivals), strict=True):
+            frames += self._stamped(samples[begin:end], arrival, lost_before)
+        return frames
+
+    def _stamped(self, samples: npt.NDArray[np.int16], recv: float, lost: int) -> list[Frame]:
+        """IMU_BATCH frames of consecutive samples, after ``lost`` ones the device counted."""
+        rate = self._rate
+        assert rate is not None
+        frames: list[Frame] = []
         clock = self._clock
         if clock is None:
             clock = self._clock = HostClock(1.0 / rate)
         if self._origin is None:
             self._origin = recv
         n, channels = samples.shape
+        if lost:
+            clock.skip(lost)
+            self.stats.samples_missed += lost
         first, missed = clock.stamp(n, recv)
         if missed:
             self.stats.samples_missed += missed
             self.stats.clock_resets += 1
+        missed += lost
         period = clock.period_s
         limit = min(self.MAX_BATCH, (MAX_PAYLOAD - _IMU_HEADER.size) // (2 * channels))
         for start in range(0, n, limit):

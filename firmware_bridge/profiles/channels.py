@@ -149,16 +149,30 @@ class Quantizer:
     Args:
         channels: The channels, in sample order.
         full_scales: Per channel, the full scale to use where the spec sets none.
+        exact: Per channel, whether the device's numbers are integers that fit int16 with
+            no offset: then, unless ``full_scale`` is set, the LSB is the channel's scale
+            itself and every reading passes unchanged.
     """
 
     def __init__(
-        self, channels: Sequence[ChannelSpec], full_scales: Sequence[float] | None = None
+        self,
+        channels: Sequence[ChannelSpec],
+        full_scales: Sequence[float] | None = None,
+        exact: Sequence[bool] | None = None,
     ) -> None:
         fallback = full_scales or [default_full_scale(c.resolved_unit) for c in channels]
-        self.full_scale = np.array(
-            [c.full_scale or f for c, f in zip(channels, fallback, strict=True)], dtype=np.float64
-        )
-        self.lsb = self.full_scale / INT16_MAX
+        exact = exact or [False] * len(channels)
+        full: list[float] = []
+        lsb: list[float] = []
+        for spec, default, whole in zip(channels, fallback, exact, strict=True):
+            if spec.full_scale is None and whole and spec.offset == 0:
+                full.append(32768 * abs(spec.scale))
+                lsb.append(abs(spec.scale))
+            else:
+                full.append(spec.full_scale or default)
+                lsb.append(full[-1] / INT16_MAX)
+        self.full_scale = np.array(full, dtype=np.float64)
+        self.lsb = np.array(lsb, dtype=np.float64)
         self.scale = np.array([c.scale for c in channels], dtype=np.float64)
         self.offset = np.array([c.offset for c in channels], dtype=np.float64)
         self.info = tuple(
@@ -174,10 +188,10 @@ class Quantizer:
     def quantize(
         self, values: npt.NDArray[np.float64]
     ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.bool_]]:
-        """Physical values ``(n, channels)`` → int16 rows that make sense, and the mask of them.
+        """Physical values ``(n, channels)`` → the int16 rows that make sense, and their mask.
 
-        A row is refused when any value is not finite or lies beyond its channel's full
-        scale (a sensor cannot read that; the number was garbled on the way).
+        A row is refused (left out) when any value is not finite or lies beyond its
+        channel's full scale: a sensor cannot read that, the number was garbled on the way.
         """
         with np.errstate(invalid="ignore", over="ignore"):
             ok: npt.NDArray[np.bool_] = np.asarray(
@@ -185,6 +199,7 @@ class Quantizer:
                 & (np.abs(values) <= self.full_scale * (1 + 1e-9)).all(axis=1),
                 dtype=np.bool_,
             )
-            good = values[ok]
-            counts = np.clip(np.rint(good / self.lsb), -INT16_MAX, INT16_MAX).astype(np.int16)
+            counts: npt.NDArray[np.int16] = np.clip(
+                np.rint(values[ok] / self.lsb), -INT16_MAX - 1, INT16_MAX
+            ).astype(np.int16)
         return counts, ok

@@ -298,7 +298,7 @@ class TextProfile(HostTimedProfile):
         values = np.array(rows, dtype=np.float64)
         if self._timestamp:
             values = values[:, 1:]
-        samples, _ok = quantizer.quantize(quantizer.physical(values))
+        samples, _ = quantizer.quantize(quantizer.physical(values))
         refused = len(rows) - len(samples)
         if refused:
             self._bad(refused, "out_of_range")
