@@ -211,9 +211,10 @@ def _register_commands() -> None:
         ota,
         sensors,
         service,
+        ui,
     )
 
-    for module in (bench, control, doctor, faces, init, models, ota, sensors, service):
+    for module in (bench, control, doctor, faces, init, models, ota, sensors, service, ui):
         module.register(app)
 
 
