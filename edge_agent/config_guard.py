@@ -477,8 +477,17 @@ class ConfigGuard:
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name="config-guard")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
         return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        """A timer that failed is reported, never left to end anything else."""
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        err = task.exception()
+        log.error("config guard: %s", err, exc_info=err)
+        self._emit("component.failed", "error", component="config-guard", error=repr(err))
 
     @staticmethod
     def _cancel(task: asyncio.Task[Any] | None) -> None:

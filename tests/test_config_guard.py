@@ -251,3 +251,32 @@ def test_a_read_only_config_is_reverted_in_memory_and_refused_at_the_next_start(
     assert "refused before" in startup.fallback["reason"]
     assert startup.config.mqtt.port == 1883
     assert startup.fallback["restored"] is False
+
+
+def test_a_failing_revert_is_reported_and_contained(tmp_path: Path) -> None:
+    """A reload that raises while going back: `component.failed`, and the guard's owner
+    carries on (its loop, its other tasks)."""
+    files = _files(tmp_path)
+    files.good.write_text(GOOD)
+    files.config.write_text(OTHER)
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def broken_reload(path: Path) -> Mapping[str, Any]:
+        raise RuntimeError("reload exploded")
+
+    async def scenario() -> None:
+        guard = ConfigGuard(
+            files,
+            emit=lambda kind, severity="info", sensor=None, **body: seen.append((kind, body)),
+            revert=broken_reload,
+            environ={},
+        )
+        config, raw = read_config(files.config, environ={})
+        guard.start(Startup(config, raw))  # broker settings differ from the good copy's
+        await _until(lambda: any(kind == "component.failed" for kind, _ in seen))
+        await guard.close()
+
+    asyncio.run(scenario())
+    kinds = [kind for kind, _ in seen]
+    assert kinds == ["config.reverted", "component.failed"]
+    assert seen[1][1] == {"component": "config-guard", "error": "RuntimeError('reload exploded')"}
