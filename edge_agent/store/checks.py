@@ -59,8 +59,6 @@ def result_problem(row: tuple[Any, ...]) -> str | None:
     for value, what in ((t_start, "t_start"), (t_end, "t_end"), (confidence, "confidence")):
         if not finite_number(value):
             return f"{what} is {value!r} ({_kind(value)}), not a finite number"
-    if t_end < t_start:
-        return f"t_end {t_end!r} is before t_start {t_start!r}"
     if label is not None and not isinstance(label, str):
         return f"label is {_kind(label)}, not text"
     return None

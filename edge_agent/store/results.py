@@ -73,7 +73,7 @@ def _quarantine_windows(
 
 
 # `store.checks.result_problem` in SQL (run in C for every row; Python only for the few that
-# fail, to word the reason): names non-empty text, numbers finite, t_end >= t_start.
+# fail, to word the reason): names non-empty text, numbers finite, label text or NULL.
 _FINITE = "typeof({0}) IN ('integer', 'real') AND abs({0}) <= 1.7976931348623157e308"
 _SANE = (
     "("
@@ -81,8 +81,7 @@ _SANE = (
         [
             *(f"typeof({c}) = 'text' AND {c} <> ''" for c in ("sensor", "model", "model_version")),
             *(_FINITE.format(c) for c in ("t_start", "t_end", "confidence")),
-            "t_end >= t_start",
-            "(label IS NULL OR typeof(label) = 'text')",
+                "(label IS NULL OR typeof(label) = 'text')",
         ]
     )
     + ")"
