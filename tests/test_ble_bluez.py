@@ -209,7 +209,7 @@ class Device(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def UUIDs(self) -> DBusStrList:
-        return [self.double.service_uuid]
+        return self.double.advertised_uuids or [self.double.service_uuid]
 
     @dbus_property(access=PropertyAccess.READ)
     def ManufacturerData(self) -> DBusManufacturerData:
@@ -298,7 +298,8 @@ class BlueZDouble:
     """``org.bluez`` on a private bus, served from its own thread and event loop.
 
     The peripheral is a Nordic UART Service device named "IMU-belt" unless a test sets
-    :attr:`name`, :attr:`service_uuid` and :attr:`char_uuid` before anything scans.
+    :attr:`name`, :attr:`service_uuid`, :attr:`char_uuid` (and :attr:`advertised_uuids`, if
+    the device advertises another service than the one it notifies on) before anything scans.
     """
 
     def __init__(self, address: str) -> None:
@@ -306,6 +307,7 @@ class BlueZDouble:
         self.name = "IMU-belt"
         self.service_uuid = NUS_SERVICE
         self.char_uuid = NUS_TX
+        self.advertised_uuids: list[str] | None = None  # None: the GATT service's
         self.calls: list[str] = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bluez-double")

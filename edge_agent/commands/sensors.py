@@ -54,7 +54,8 @@ ProfileOption = Annotated[
     typer.Option(
         "--profile",
         "-p",
-        help="Device profile: v1, witmotion, witmotion-ble, text (default: the sensor's, else v1).",
+        help="Device profile: v1, witmotion, witmotion-ble, text, struct, struct-ble, thingy52 "
+        "(default: the sensor's, else v1; struct layouts need a configured sensor).",
     ),
 ]
 RateOption = Annotated[

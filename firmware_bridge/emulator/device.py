@@ -21,13 +21,14 @@ from firmware_bridge.emulator.pty import Pty, point_symlink, remove_symlink
 from firmware_bridge.emulator.text import TextEncoder
 from firmware_bridge.emulator.v1 import StreamEncoder
 from firmware_bridge.emulator.witmotion import WitMotionEncoder
+from firmware_bridge.profiles.thingy52 import Thingy52Profile
 from firmware_bridge.protocol.v1 import Hello
 
 __all__ = ["WIRES", "DeviceEmulator"]
 
 _log = logging.getLogger(__name__)
 
-WIRES = ("v1", "witmotion", "witmotion-ble", "text", "struct", "struct-ble")
+WIRES = ("v1", "witmotion", "witmotion-ble", "text", "struct", "struct-ble", "thingy52")
 """Wire formats an emulated device can speak."""
 
 
@@ -268,7 +269,8 @@ class DeviceEmulator:
                 wires send no HELLO, STATUS, seq or timestamps, so ``firmware``,
                 ``stream_id``, ``scales``, ``hello_every_s`` and ``status_every_s`` do not
                 apply to them. ``"text"``: a sketch printing one line of numbers per sample
-                (profile ``text``).
+                (profile ``text``). ``"struct"`` / ``"struct-ble"``: packets of ``layout``;
+                ``"thingy52"``: a Nordic Thingy:52's raw motion records.
             outputs: The packets per sample of a ``"witmotion"`` device.
             garbage_every: A ``"text"`` device also prints one bad line every this many
                 samples, a ``"struct"`` one a few bytes of noise (0: never), like a noisy
@@ -303,7 +305,9 @@ class DeviceEmulator:
                 source, device_id=device_id, rate_hz=rate_hz, batch=batch,
                 garbage_every=garbage_every,
             )  # fmt: skip
-        elif wire in ("struct", "struct-ble"):
+        elif wire in ("struct", "struct-ble", "thingy52"):
+            if wire == "thingy52":
+                layout = Thingy52Profile.layout_config(None)
             if layout is None:
                 raise ValueError(f"wire {wire!r} needs the layout (its profile config)")
             self._encoder = StructEncoder(

@@ -14,6 +14,7 @@ protocol                  devices
                           data forwarder)
 ``struct``                a fixed binary packet described in config, on a serial port
 ``struct-ble``            the same layout, whole packets per GATT notification
+``thingy52``              Nordic Thingy:52, raw motion data (Motion Service, characteristic 0406)
 ========================  ==================================================================
 """
 
@@ -29,6 +30,7 @@ from pydantic import BeforeValidator, Field
 from firmware_bridge.profiles.base import Profile, ProfileConfigBase
 from firmware_bridge.profiles.struct_layout import StructBleConfig, StructConfig
 from firmware_bridge.profiles.text import TextConfig
+from firmware_bridge.profiles.thingy52 import Thingy52Config
 from firmware_bridge.profiles.v1 import V1Config
 from firmware_bridge.profiles.witmotion import WitMotionConfig
 from firmware_bridge.profiles.witmotion_ble import WitMotionBleConfig
@@ -40,6 +42,7 @@ __all__ = [
     "StructBleConfig",
     "StructConfig",
     "TextConfig",
+    "Thingy52Config",
     "V1Config",
     "WitMotionBleConfig",
     "WitMotionConfig",
@@ -57,6 +60,7 @@ _PROFILES: dict[str, str] = {
     "text": "firmware_bridge.profiles.text:TextProfile",
     "struct": "firmware_bridge.profiles.struct_layout:StructProfile",
     "struct-ble": "firmware_bridge.profiles.struct_layout:StructBleProfile",
+    "thingy52": "firmware_bridge.profiles.thingy52:Thingy52Profile",
 }
 
 
@@ -70,7 +74,13 @@ def _shorthand(value: Any) -> Any:
 
 
 ProfileConfig = Annotated[
-    V1Config | WitMotionConfig | WitMotionBleConfig | TextConfig | StructConfig | StructBleConfig,
+    V1Config
+    | WitMotionConfig
+    | WitMotionBleConfig
+    | TextConfig
+    | StructConfig
+    | StructBleConfig
+    | Thingy52Config,
     Field(discriminator="protocol"),
     BeforeValidator(_shorthand),
 ]

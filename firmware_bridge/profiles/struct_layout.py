@@ -330,13 +330,19 @@ class StructProfile(HostTimedProfile):
     def __init__(self, config: Any, *, device_id: str) -> None:
         super().__init__(config, device_id=device_id)
         self.stats = StructStats(rate_hz=self.stats.rate_hz)
-        self.layout = Layout(config)
+        self.layout = Layout(self.layout_config(config))
         self.channels = self.layout.quantizer.info
         self._tail = b""
         self._synced = False
         self._last_counter: int | None = None
         #: The latest packet's fields by name, for `sensors test` (raw device numbers).
         self.last_fields: dict[str, float] = {}
+
+    @classmethod
+    def layout_config(cls, config: Any) -> StructLayoutConfig:
+        """The layout to decode: the config itself here; a fixed one for a device family."""
+        layout: StructLayoutConfig = config
+        return layout
 
     def reset(self) -> None:
         """After a reconnect: drop a partial packet; the counter restarts its reference."""
