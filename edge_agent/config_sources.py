@@ -9,6 +9,7 @@ the variable behind an invalid value instead of the file.
 from __future__ import annotations
 
 import json
+import os
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
@@ -58,7 +59,9 @@ def read_config_bytes(path: Path) -> bytes:
         return ConfigError(source, [ConfigIssue("", message)])
 
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
+        mode = path.stat().st_mode
+        # /dev/null is the usual way to say "no file, defaults and environment only".
+        if not stat.S_ISREG(mode) and path != Path(os.devnull):
             raise fail("not a regular file")
         with path.open("rb") as file:
             raw = file.read(MAX_CONFIG_BYTES + 1)

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any, NoReturn
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from edge_agent.cli import app
+from edge_agent.config import parse_config
 from edge_agent.inference.bundle import Manifest
 from edge_agent.ota.errors import UpdateRejectedError
 from edge_agent.ota.manager import OtaManager
@@ -96,14 +97,24 @@ def test_offline_install_activate_rollback_remove(setup: tuple[Path, Path, str, 
     assert read_state(tmp / "ota").models["imu-test"].failed == {}
 
 
+async def _no_swap(*args: Any) -> NoReturn:
+    raise AssertionError("the gallery check never swaps a model")
+
+
 def test_an_embedding_model_waits_for_its_gallery(tmp_path: Path) -> None:
-    """The gallery is a real encrypted face gallery file; the daemon around the manager is
-    reduced to the one attribute the check reads (`faces.store`)."""
+    """The gallery is a real encrypted face gallery file, handed to the manager through its
+    narrow port (`face_templates`); the other ports are never called by the check."""
     from edge_agent.faces.keys import generate_key
     from edge_agent.faces.store import GalleryStore
 
     store = GalleryStore(tmp_path / "gallery.db", generate_key(), key_source="test")
-    manager = OtaManager(SimpleNamespace(faces=SimpleNamespace(store=store)))  # type: ignore[arg-type]
+    manager = OtaManager(
+        config=lambda: parse_config({}, source="test", environ={}),
+        emit=lambda *args, **kwargs: None,
+        slots={},
+        swap=_no_swap,
+    )
+    manager.face_templates = store.template_counts
     manifest = Manifest.model_validate(
         {
             "format": 1,
