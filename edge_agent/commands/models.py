@@ -15,14 +15,14 @@ models_app = typer.Typer(help="Train and manage model bundles.", no_args_is_help
 
 
 def _progress(step: str, done: int, total: int) -> None:
-    """A progress bar on stderr (one line per step when stderr is not a terminal)."""
+    """A progress bar on stderr (a line per update when stderr is not a terminal)."""
     width = 24
     filled = width * done // max(total, 1)
     bar = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {step}"
     if sys.stderr.isatty():
         sys.stderr.write("\r" + bar + ("\n" if done >= total else ""))
         sys.stderr.flush()
-    elif done >= total or done == 0:
+    else:
         sys.stderr.write(bar + "\n")
 
 
