@@ -413,12 +413,13 @@ class CommandsConfig(Section):
         description="Largest request accepted, in bytes (MQTT payload or control-socket line); "
         "bigger ones are answered `too_large` without being parsed.",
     )
-    max_chunk_request_bytes: int = Field(
-        default=256 * 1024,
+    max_bulk_request_bytes: int = Field(
+        default=1024 * 1024,
         ge=1024,
         le=16 * 1024 * 1024,
-        description="Largest `model.chunk` request (a base64 piece of a bundle sent over MQTT); "
-        "the whole bundle is bounded by ota.inline_max_bytes.",
+        description="Largest request of a bulk command: `model.chunk` (a base64 piece of a "
+        "bundle; the whole bundle is bounded by ota.inline_max_bytes) and `faces.add` / "
+        "`faces.replace` (a batch of templates; send bigger galleries in more batches).",
     )
     rate_per_s: float = Field(
         default=20.0,

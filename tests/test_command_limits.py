@@ -93,7 +93,9 @@ def test_size_limits_and_the_chunk_exception() -> None:
     assert too_large.error.code == "too_large"
     assert "commands.max_request_bytes" in str(too_large.error)
     assert limits.check("model.chunk", 100_000) is None  # a 48 KiB piece, base64 in JSON
-    assert limits.check("model.chunk", config.max_chunk_request_bytes + 1) is not None
+    assert limits.check("model.chunk", config.max_bulk_request_bytes + 1) is not None
+    assert limits.check("faces.add", 500_000) is None  # a batch of templates
+    assert limits.check("faces.remove", 500_000) is not None  # ids only: the normal cap
 
 
 def test_a_reloaded_rate_applies_at_once() -> None:

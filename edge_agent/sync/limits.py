@@ -2,7 +2,8 @@
 
 A request is checked before it is parsed: first the gateway's token bucket (so a flood of
 any size costs one comparison per message), then its size against `commands.max_request_bytes`
-(`model.chunk` pieces of a bundle have their own, larger `max_chunk_request_bytes`). Refusals
+(bulk commands, `model.chunk` and the face gallery batches, have their own, larger
+`max_bulk_request_bytes`). Refusals
 of a flood are themselves limited: at most `rate_per_s` `rate_limited` answers a second, and
 one audit event per episode (the rest are counted), so a hostile peer cannot turn the
 gateway into an amplifier of replies or events.
@@ -24,7 +25,7 @@ from edge_agent.errors import CommandError
 from edge_agent.metrics import Inc
 
 __all__ = [
-    "CHUNK_COMMANDS",
+    "BULK_COMMANDS",
     "ECHO_CHARS",
     "MESSAGE_CHARS",
     "NAME_CHARS",
@@ -48,8 +49,9 @@ NAME_CHARS = 128
 """Longest command name or request id repeated in a reply or an event."""
 MAX_CORRELATION_BYTES = 256
 """Longest MQTT 5 correlation data echoed back; longer requests are refused `too_large`."""
-CHUNK_COMMANDS = frozenset({"model.chunk"})
-"""Commands that carry a piece of a bundle and use `max_chunk_request_bytes`."""
+BULK_COMMANDS = frozenset({"model.chunk", "faces.add", "faces.replace"})
+"""Commands that carry bulk data (a piece of a bundle, a batch of face templates) and use
+`max_bulk_request_bytes`."""
 
 _CUT = "…"
 
@@ -60,7 +62,7 @@ class LimitsConfig(Protocol):
     @property
     def max_request_bytes(self) -> int: ...
     @property
-    def max_chunk_request_bytes(self) -> int: ...
+    def max_bulk_request_bytes(self) -> int: ...
     @property
     def rate_per_s(self) -> float: ...
     @property
@@ -156,8 +158,8 @@ class DoorLimits:
     def size_limit(self, name: str) -> int:
         """Largest request accepted for command `name`."""
         config = self._config()
-        if name in CHUNK_COMMANDS:
-            return max(config.max_chunk_request_bytes, config.max_request_bytes)
+        if name in BULK_COMMANDS:
+            return max(config.max_bulk_request_bytes, config.max_request_bytes)
         return config.max_request_bytes
 
     def check(self, name: str, size: int) -> Refusal | None:
@@ -187,7 +189,7 @@ class DoorLimits:
         self._flooding = False
         limit = self.size_limit(name)
         if size > limit:
-            key = "max_chunk_request_bytes" if name in CHUNK_COMMANDS else "max_request_bytes"
+            key = "max_bulk_request_bytes" if name in BULK_COMMANDS else "max_request_bytes"
             return self.refuse_too_large(name, f"request of {size} bytes", limit, f"commands.{key}")
         return None
 
