@@ -52,6 +52,7 @@ from firmware_bridge.protocol.v1 import (
 )
 from tests.broker import wait_for
 from tests.daemon_proc import events, start_daemon, stop_daemon, write_config
+from tests.test_witmotion import FUZZ_OPTIONS
 
 MODEL = "imu-anomaly@1.0.0"  # 10 Hz, 20-sample windows, hop 10: one window a second
 SIX = ("ax", "ay", "az", "gx", "gy", "gz")
@@ -249,7 +250,7 @@ def test_any_bytes_through_each_decoder_into_a_stream_never_raise(
 ) -> None:
     """Arbitrary bytes into every profile's decoder, its frames into a stream with a model:
     nothing raises, and only finite windows come out."""
-    options = {} if protocol == "v1" else {"rate_hz": 10}
+    options = FUZZ_OPTIONS.get(protocol, {"rate_hz": 10})
     profile = open_profile(profile_config(protocol, **options), device_id="fuzz")
     stream = SensorStream("fuzz", [_slot()])
     for i, chunk in enumerate(chunks):
