@@ -11,15 +11,20 @@ notifies on the Motion Service's raw data characteristic, as a Thingy does.
 
 from __future__ import annotations
 
+import json
 import struct
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from edge_agent.cli import app
+from edge_agent.config import load_config
 from edge_agent.config_sensors import BleSensorConfig
 from firmware_bridge.emulator import StructEncoder, SyntheticMotion
 from firmware_bridge.links.ble import BleLink
@@ -33,10 +38,13 @@ from firmware_bridge.profiles.thingy52 import (
 from firmware_bridge.protocol.v1 import Frame, FrameType, hello_problem
 from tests.broker import wait_for
 from tests.test_ble_bluez import (
+    ADDRESS,
     BlueZDouble,
     bluez,  # noqa: F401 - the fixture, used by name
 )
 from tests.test_ble_link import Sink
+
+runner = CliRunner()
 
 # TMS_BASE_UUID in ble_tms.c, as the SoftDevice stores it (little-endian, bytes 12-13 = id).
 TMS_BASE_UUID = bytes(
@@ -205,3 +213,32 @@ def test_ble_sensor_config_needs_nothing_but_a_way_to_find_it(field: str) -> Non
         name="t", link="ble", service_uuid=CONFIGURATION_SERVICE_UUID, profile="thingy52", **extra
     )
     assert config.profile.ble_notify_uuids == (RAW_DATA_UUID,)
+
+
+def test_scan_recognises_a_thingy_and_init_writes_it(
+    bluez: BlueZDouble,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    """`sensors scan` through bleak and the BlueZ double names the profile from the
+    advertised Configuration Service; `init --scan` writes the entry, and it validates."""
+    bluez.name = "Thingy"
+    bluez.advertised_uuids = [CONFIGURATION_SERVICE_UUID]
+    result = runner.invoke(app, ["sensors", "scan", "--json", "--seconds", "0.5", "--no-probe"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)
+    (device,) = [d for d in found["ble"]["devices"] if d["address"] == ADDRESS]
+    assert device["recognised"]["profile"] == "thingy52"
+    assert {"name": "thingy52-0", "link": "ble", "address": ADDRESS,
+            "profile": "thingy52"} in found["sensors"]  # fmt: skip
+
+    path = tmp_path / "edge-agent.toml"
+    result = runner.invoke(
+        app,
+        ["init", "--path", str(path), "--state-dir", str(tmp_path), "--scan",
+         "--scan-seconds", "0.5", "--device-id", "gw-1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = load_config(path, environ={})
+    (sensor,) = [s for s in config.sensors if s.link == "ble"]
+    assert sensor.profile.protocol == "thingy52"
+    assert getattr(sensor, "address", None) == ADDRESS

@@ -50,6 +50,24 @@ def init(
         "/var/lib/edge-agent"
     ),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    scan: Annotated[
+        bool,
+        typer.Option(
+            "--scan",
+            help="Look for sensors (probe serial ports, listen for BLE advertisements) and "
+            "write an entry for each one recognised, as `sensors scan` shows them.",
+        ),
+    ] = False,
+    scan_port: Annotated[
+        list[str] | None,
+        typer.Option(help="With --scan: also probe this serial port.", show_default=False),
+    ] = None,
+    scan_ble: Annotated[
+        bool, typer.Option("--scan-ble/--no-scan-ble", help="With --scan: listen for BLE too.")
+    ] = True,
+    scan_seconds: Annotated[
+        float, typer.Option(min=0.5, max=120, help="With --scan: BLE listening time.")
+    ] = 5.0,
 ) -> None:
     """Write a validated config for this gateway; edit it later, `config validate` it."""
     from edge_agent.config import load_config, parse_config, render_config
@@ -68,6 +86,10 @@ def init(
         {"name": name, "link": "ble", "address": address}
         for name, address in _pairs(ble or [], "--ble")
     ]
+    found: list[dict[str, Any]] = []
+    if scan:
+        found = _scanned(sensors, list(scan_port or []), scan_seconds if scan_ble else None)
+        sensors += found
     data: dict[str, Any] = {
         "device": {"tenant": tenant, "site": site} | ({"id": device_id} if device_id else {}),
         "mqtt": {"host": host, "port": port, "tls": tls}
@@ -88,6 +110,11 @@ def init(
         "# edge-agent configuration, written by `edge-agent init`.\n"
         "# Check changes with `edge-agent config validate PATH`; apply with `edge-agent reload`.\n"
     )
+    if found:
+        header += (
+            f"# {len(found)} sensor(s) found by --scan; `edge-agent sensors test NAME` shows "
+            "what each says.\n"
+        )
     if not sensors:
         header += (
             "# No sensors were given: the two emulated sensors below only prove the setup\n"
@@ -99,6 +126,32 @@ def init(
     load_config(path, environ={})  # what was written reads back as valid
     typer.echo(f"wrote {path} ({len(config.sensors)} sensor(s), topics under {config.topic_root}/)")
     typer.echo("next: edge-agent doctor -c PATH, then sudo edge-agent service install -c PATH")
+
+
+def _scanned(
+    given: list[dict[str, Any]], ports: list[str], ble_seconds: float | None
+) -> list[dict[str, Any]]:
+    """Entries for the sensors a scan recognises, leaving out ports and addresses given."""
+    from edge_agent.commands.discover import discover, sensor_entries
+
+    result = discover(
+        extra_ports=ports,
+        probe_seconds=1.0,
+        baudrate=115_200,
+        ble_seconds=ble_seconds,
+        adapter=None,
+    )
+    taken = {s.get("port") or s.get("address") for s in given}
+    names = {s["name"] for s in given}
+    out = []
+    for entry in sensor_entries(result):
+        if (entry.get("port") or entry.get("address")) in taken or entry["name"] in names:
+            continue
+        typer.echo(f"found {entry['name']}: {entry.get('port') or entry.get('address')}")
+        out.append(entry)
+    if not out:
+        typer.echo("--scan recognised no sensor (`edge-agent sensors scan` says why)")
+    return out
 
 
 def register(app: typer.Typer) -> None:

@@ -39,16 +39,6 @@ EXIT_USAGE = 2
 
 _BLE_ADDRESS = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$|^[0-9A-Fa-f-]{36}$")
 
-# USB bridges WitMotion and similar IMU makers put on their cables, and BLE names they
-# advertise: only hints for the technician, the profile is always configured explicitly.
-_USB_HINTS = {
-    (0x1A86, 0x7523): "CH340 USB-serial (WitMotion cables): try --profile witmotion",
-    (0x1A86, 0x55D4): "CH9102 USB-serial (WitMotion cables): try --profile witmotion",
-    (0x10C4, 0xEA60): "CP210x USB-serial",
-    (0x0403, 0x6001): "FTDI USB-serial",
-}
-_BLE_HINTS = ((re.compile(r"^WT\d"), "WitMotion: try --profile witmotion-ble"),)
-
 ProfileOption = Annotated[
     str | None,
     typer.Option(
@@ -427,92 +417,44 @@ def _print_summary(summary: dict[str, Any]) -> None:
 # -- sensors scan --------------------------------------------------------------------------------
 
 
-def _serial_ports() -> list[dict[str, Any]]:
-    from serial.tools import list_ports
-
-    by_id: dict[str, list[str]] = {}
-    by_id_dir = Path("/dev/serial/by-id")
-    if by_id_dir.is_dir():
-        for link in sorted(by_id_dir.iterdir()):
-            try:
-                by_id.setdefault(os.path.realpath(link), []).append(str(link))
-            except OSError:
-                continue
-    ports = []
-    for port in sorted(list_ports.comports(), key=lambda p: p.device):
-        vid, pid = port.vid, port.pid
-        entry: dict[str, Any] = {
-            "device": port.device,
-            "by_id": by_id.get(os.path.realpath(port.device), []),
-            "vid": f"{vid:04x}" if vid is not None else None,
-            "pid": f"{pid:04x}" if pid is not None else None,
-            "serial_number": port.serial_number,
-            "manufacturer": port.manufacturer,
-            "product": port.product,
-            "description": port.description if port.description != "n/a" else None,
-        }
-        hint = _USB_HINTS.get((vid, pid)) if vid is not None and pid is not None else None
-        if hint:
-            entry["hint"] = hint
-        ports.append(entry)
-    return ports
-
-
-def _ble_scan(seconds: float, adapter: str | None) -> dict[str, Any]:
-    import asyncio
-
-    async def discover() -> dict[str, Any]:
-        from bleak import BleakScanner
-
-        kwargs: dict[str, Any] = {"bluez": {"adapter": adapter}} if adapter else {}
-        async with asyncio.timeout(seconds + 10.0):
-            found = await BleakScanner.discover(timeout=seconds, return_adv=True, **kwargs)
-        devices = []
-        for device, adv in sorted(found.values(), key=lambda da: -(da[1].rssi or -999)):
-            name = adv.local_name or device.name
-            entry: dict[str, Any] = {
-                "address": device.address,
-                "name": name,
-                "rssi": adv.rssi,
-                "services": sorted(adv.service_uuids),
-            }
-            for pattern, hint in _BLE_HINTS:
-                if name and pattern.search(name):
-                    entry["hint"] = hint
-            devices.append(entry)
-        return {"available": True, "devices": devices}
-
-    from firmware_bridge.links.ble import _describe
-
-    try:
-        return asyncio.run(discover())
-    except TimeoutError:
-        return {"available": False, "reason": f"the scan did not end within {seconds + 10:g} s"}
-    except Exception as err:
-        reason = _describe(err)
-        if isinstance(err, FileNotFoundError | ConnectionRefusedError):
-            reason = (
-                "no Bluetooth stack: the D-Bus system bus is not reachable "
-                f"({type(err).__name__}); install and start bluez, or skip with --no-ble"
-            )
-        elif "ServiceUnknown" in str(err) or "org.bluez" in str(err):
-            reason = (
-                f"bluetoothd is not running ({_describe(err)}); start it: systemctl start bluetooth"
-            )
-        return {"available": False, "reason": reason}
-
-
 @sensors_app.command("scan")
 def scan(
     seconds: Annotated[float, typer.Option(min=0.5, max=120, help="BLE scan length.")] = 5.0,
     ble: Annotated[bool, typer.Option("--ble/--no-ble", help="Also scan for BLE devices.")] = True,
     adapter: Annotated[str | None, typer.Option(help="Bluetooth adapter, e.g. hci0.")] = None,
+    probe: Annotated[
+        bool,
+        typer.Option(
+            "--probe/--no-probe",
+            help="Read each serial port for --probe-seconds and say which profile makes sense "
+            "of its bytes (v1, witmotion, text). Stop the daemon first: ports are opened "
+            "exclusively.",
+        ),
+    ] = True,
+    probe_seconds: Annotated[
+        float, typer.Option(min=0.2, max=30, help="How long to read each serial port.")
+    ] = 1.0,
+    baudrate: Annotated[int, typer.Option(help="Baud rate to probe at.")] = 115_200,
+    port: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--port", help="Also probe this serial port (repeat for more).", show_default=False
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List serial ports (USB vid/pid/serial) and BLE advertisements (name, address, RSSI)."""
-    result: dict[str, Any] = {"serial": _serial_ports()}
-    if ble:
-        result["ble"] = _ble_scan(seconds, adapter)
+    """List serial ports (USB ids, stable paths, the profile their bytes make sense as) and BLE
+    advertisements (name, address, RSSI, the profile their service names)."""
+    from edge_agent.commands.discover import discover, sensor_entries
+
+    result = discover(
+        extra_ports=list(port or []),
+        probe_seconds=probe_seconds if probe else None,
+        baudrate=baudrate,
+        ble_seconds=seconds if ble else None,
+        adapter=adapter,
+    )
+    result["sensors"] = sensor_entries(result)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -529,19 +471,37 @@ def scan(
             typer.echo(f"    stable path: {path}")
         if p.get("hint"):
             typer.echo(f"    hint: {p['hint']}")
-    if not ble:
+        _echo_recognised(p.get("recognised"))
+    if ble:
+        result_ble = result["ble"]
+        if not result_ble["available"]:
+            typer.echo(f"BLE: not available: {result_ble['reason']}")
+        else:
+            devices = result_ble["devices"]
+            typer.echo(f"BLE advertisements ({seconds:g} s): {len(devices) or 'none'}")
+            for d in devices:
+                services = ", ".join(d["services"]) or "-"
+                typer.echo(
+                    f"  {d['address']}  {d['rssi']:>4} dBm  {d['name'] or '(no name)'}  {services}"
+                )
+                if d.get("hint"):
+                    typer.echo(f"    hint: {d['hint']}")
+                _echo_recognised(d.get("recognised"))
+    if result["sensors"]:
+        typer.echo("write these with `edge-agent init --scan`, or add them to the config:")
+        for entry in result["sensors"]:
+            typer.echo("  [[sensors]]")
+            for key, value in entry.items():
+                typer.echo(f"  {key} = {json.dumps(value)}")
+
+
+def _echo_recognised(recognised: dict[str, Any] | None) -> None:
+    if not recognised:
         return
-    result_ble = result["ble"]
-    if not result_ble["available"]:
-        typer.echo(f"BLE: not available: {result_ble['reason']}")
-        return
-    devices = result_ble["devices"]
-    typer.echo(f"BLE advertisements ({seconds:g} s): {len(devices) or 'none'}")
-    for d in devices:
-        services = ", ".join(d["services"]) or "-"
-        typer.echo(f"  {d['address']}  {d['rssi']:>4} dBm  {d['name'] or '(no name)'}  {services}")
-        if d.get("hint"):
-            typer.echo(f"    hint: {d['hint']}")
+    if recognised.get("profile"):
+        typer.echo(f"    speaks: {recognised['profile']} ({recognised['evidence']})")
+    else:
+        typer.echo(f"    not recognised: {recognised['reason']}")
 
 
 # -- record and replay ---------------------------------------------------------------------------

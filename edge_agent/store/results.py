@@ -81,7 +81,7 @@ _SANE = (
         [
             *(f"typeof({c}) = 'text' AND {c} <> ''" for c in ("sensor", "model", "model_version")),
             *(_FINITE.format(c) for c in ("t_start", "t_end", "confidence")),
-                "(label IS NULL OR typeof(label) = 'text')",
+            "(label IS NULL OR typeof(label) = 'text')",
         ]
     )
     + ")"

@@ -51,6 +51,7 @@ __all__ = [
     "default_profile",
     "open_profile",
     "profile_config",
+    "profile_config_class",
 ]
 
 _PROFILES: dict[str, str] = {
@@ -85,6 +86,26 @@ ProfileConfig = Annotated[
     BeforeValidator(_shorthand),
 ]
 """A sensor's `profile` table, chosen by its `protocol` key (a bare string also works)."""
+
+
+_CONFIG_CLASSES: dict[str, type[ProfileConfigBase]] = {
+    "v1": V1Config,
+    "witmotion": WitMotionConfig,
+    "witmotion-ble": WitMotionBleConfig,
+    "text": TextConfig,
+    "struct": StructConfig,
+    "struct-ble": StructBleConfig,
+    "thingy52": Thingy52Config,
+}
+
+
+def profile_config_class(protocol: str) -> type[ProfileConfigBase]:
+    """The config model of ``protocol`` (its class-level facts: BLE UUIDs, baud rate).
+
+    Raises:
+        KeyError: unknown protocol.
+    """
+    return _CONFIG_CLASSES[protocol]
 
 
 def default_profile() -> V1Config:
