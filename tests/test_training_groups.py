@@ -251,3 +251,49 @@ def test_a_trained_bundle_labels_windows_in_the_daemon(
     finally:
         code = stop_daemon(proc, log)
     assert code == 0, log.read_text()
+
+
+# -- the readers are doors: anything in, a DataError or windows out -----------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(max_size=400))
+def test_ts_reader_takes_any_text(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    path = tmp_path_factory.mktemp("ts") / "any.ts"
+    path.write_text(text, encoding="utf-8")
+    try:
+        data = load_ts(path)
+    except DataError:
+        return
+    assert data.x.ndim == 3
+    assert len(data.labels) == len(data.x) == len(data.groups)
+    assert np.isfinite(data.x).all()
+
+
+_CELL = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["", "a", "b", "-", "1e400", "nan", " 3 "]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    header=st.lists(
+        st.sampled_from(["timestamp", "ax", "gy[rad/s]", "label", "subject", "x[", "ax"]),
+        min_size=1,
+        max_size=6,
+    ),
+    rows=st.lists(st.lists(_CELL, min_size=1, max_size=6), max_size=30),
+)
+def test_csv_reader_takes_any_table(
+    tmp_path_factory: pytest.TempPathFactory, header: list[str], rows: list[list[str]]
+) -> None:
+    path = tmp_path_factory.mktemp("csv") / "any.csv"
+    path.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n", encoding="utf-8")
+    try:
+        data = load_csv([path], window=2, hop=1)
+    except DataError:
+        return
+    assert data.x.shape[1:] == (2, len(data.channels))
+    assert len(data.labels) == len(data.x) == len(data.groups)
+    assert np.isfinite(data.x).all()
