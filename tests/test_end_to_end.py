@@ -188,8 +188,11 @@ def test_recording_to_cloud_labels_match(broker: Mosquitto, tmp_path: Path) -> N
         conn.close()
 
 
-def test_embedded_default_shows_live_results_within_10s(broker: Mosquitto, tmp_path: Path) -> None:
-    """`make run`'s path: no config file, two emulated sensors at their real 10 Hz rate."""
+def test_embedded_default_shows_live_results_within_15s(broker: Mosquitto, tmp_path: Path) -> None:
+    """`make run`'s path: no config file, two emulated sensors at their real 50 Hz rate.
+
+    The default model's first window needs 5.12 s of samples; about 7 s after start on an
+    idle machine, so 15 s leaves room for a loaded one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
     env |= {
         "EDGE_AGENT_MQTT__PORT": str(broker.port),
@@ -207,7 +210,7 @@ def test_embedded_default_shows_live_results_within_10s(broker: Mosquitto, tmp_p
     try:
         wait_for(
             lambda: log.read_text().count(" result imu-") >= 2,
-            10,
+            15,
             "live window results on the terminal",
         )
     finally:
