@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -290,3 +291,30 @@ def test_passwd_stores_a_scrypt_hash_only(tmp_path: Path) -> None:
     )  # fmt: skip
     assert short.returncode == 2
     assert json.dumps(stored) == json.dumps(target.read_text())  # unchanged
+
+
+def test_the_optional_ui_unit_passes_systemd_analyze(tmp_path: Path) -> None:
+    """config/edge-agent-ui.service verifies and is hardened (exposure at most 2.5)."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is needed to verify the unit: apt-get install systemd"
+    text = (Path(__file__).parent.parent / "config" / "edge-agent-ui.service").read_text()
+    assert "--host 127.0.0.1" in text
+    assert "LoadCredential=ui-password:" in text
+    unit = tmp_path / "edge-agent-ui.service"
+    unit.write_text(
+        text.replace("/opt/edge-agent/bin/edge-agent", f"{sys.executable} -m edge_agent")
+    )
+    verify = subprocess.run(
+        [analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, check=False
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert "edge-agent-ui.service" not in verify.stderr, verify.stderr
+    security = subprocess.run(
+        [analyze, "security", "--offline=true", "--threshold=25", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    score = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", security.stdout)
+    assert score is not None, security.stdout
+    assert float(score[1]) <= 2.5, security.stdout

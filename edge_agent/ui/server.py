@@ -179,7 +179,10 @@ async def read_request(reader: asyncio.StreamReader, client: str) -> Request:
     length_text = headers.get("content-length", "0")
     if not length_text.isdigit() or int(length_text) > BODY_LIMIT:
         raise BadRequestError("missing, malformed or too large Content-Length")
-    body = await reader.readexactly(int(length_text)) if int(length_text) else b""
+    try:
+        body = await reader.readexactly(int(length_text)) if int(length_text) else b""
+    except asyncio.IncompleteReadError as err:
+        raise BadRequestError("the body is shorter than its Content-Length") from err
     return Request(parts[0], parts[1], headers, body, client)
 
 

@@ -38,6 +38,7 @@ function sensor(name) {
   const plot = el("canvas", { class: "plot", "data-testid": `plot-${name}` });
   const legend = el("div", { class: "legend" });
   const timeline = el("canvas", { class: "timeline", "data-testid": `timeline-${name}` });
+  plot.hidden = true;  // until the sensor's signals arrive (a sensor without models has none)
   card.append(title, decision, figures, plot, legend, timeline);
   document.getElementById("sensors").append(card);
   s = { name, badge, label, confidence, figures, plot, legend, timeline,
@@ -50,6 +51,7 @@ function onSignals(r) {
   const s = sensor(r.sensor);
   if (s.channels.join() !== r.channels.join()) {
     s.channels = r.channels; s.units = r.units; s.t = []; s.v = r.channels.map(() => []);
+    s.plot.hidden = false;
     s.legend.replaceChildren(...r.channels.map((c, i) => {
       const item = el("span"); const swatch = el("i");
       swatch.style.background = COLORS[i % COLORS.length];
@@ -95,9 +97,15 @@ function setBadge(node, text, kind) {
   node.className = `badge ${kind}`;
 }
 
+let seeded = false;
+
 function onHealth(r) {
   const st = r.status;
   exposed.health += 1;
+  if (!seeded) {  // the warnings and errors from before the page opened
+    seeded = true;
+    for (const e of st.last_errors || []) onEvent(e);
+  }
   document.getElementById("device").textContent = `${st.device.id} · ${st.version}`;
   const degraded = st.health.degraded.length ? `degraded: ${st.health.degraded.join(", ")}` : "healthy";
   setBadge(document.getElementById("health"), `${st.state} · ${degraded}`, st.health.degraded.length ? "warn" : "ok");
@@ -130,7 +138,7 @@ function onHealth(r) {
     ["published / acked", `${mqtt.published ?? "–"} / ${mqtt.acked ?? "–"}`],
     ["outbox", `${st.outbox_depth ?? "?"} waiting`],
     ["windows stored", `${st.windows_committed}`],
-    ["store", `${store.path || "?"}${store.disk_full ? " · DISK FULL" : ""}`],
+    ["store", `${(store.path || "?").split("/").pop()}${store.disk_full ? " · DISK FULL" : ""}`],
     ["last MQTT error", mqtt.last_error || "–"],
   ];
   document.getElementById("uplink").replaceChildren(...items.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
