@@ -245,3 +245,16 @@ def test_an_edit_writes_a_valid_file_with_its_comments_or_nothing(
             assert node[last] == value
     if edit.previous is not None:
         assert edit.previous.read_text() == ORIGINAL
+
+
+def test_the_daemon_does_not_load_the_round_trip_toml_library() -> None:
+    """tomlkit is loaded by `config set` and on the first `config.set`, not at start:
+    it would cost the daemon about 10 MB and 0.1 s for a command that may never come."""
+    import subprocess
+    import sys
+
+    code = "import sys, edge_agent.runner, edge_agent.daemon; print('tomlkit' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"

@@ -208,7 +208,7 @@ def test_three_unclean_starts_in_a_row_fall_back(broker: Mosquitto, tmp_path: Pa
         proc = start_daemon(config, log)
         try:
             status = wait_for(lambda: _online(tmp_path), 30, "the daemon up and connected")
-            assert status["config_guard"]["fallback"] is None
+            assert status["config_guard"]["fallback"] is None, log.read_text()
         finally:
             proc.kill()
             proc.wait(10)
@@ -216,7 +216,8 @@ def test_three_unclean_starts_in_a_row_fall_back(broker: Mosquitto, tmp_path: Pa
     try:
         status = wait_for(lambda: _status(tmp_path), 30, "the daemon up on the good copy")
         fallback = status["config_guard"]["fallback"]
-        assert fallback is not None
+        state = config.with_name(config.name + ".guard.json")
+        assert fallback is not None, (status["config_guard"], state.read_text(), log.read_text())
         assert "3 times in a row" in fallback["reason"]
         assert Path(fallback["refused"]).read_bytes() == changed
         assert config.read_bytes() == original

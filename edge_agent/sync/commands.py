@@ -29,7 +29,6 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.config import AgentConfig, render_config
-from edge_agent.config_edit import edit_config
 from edge_agent.errors import CommandError, ConfigEditError
 from edge_agent.events import Emit
 from edge_agent.metrics import Inc
@@ -332,6 +331,10 @@ class AgentCommands:
             )
         if any(str(key).split(".")[0] == "device" for key in values):
             raise CommandError("forbidden", "device identity cannot be changed remotely")
+        # Imported here: the round-trip TOML library costs the daemon ~10 MB and ~0.1 s at
+        # start, for a command that may never come.
+        from edge_agent.config_edit import edit_config
+
         try:
             edit = await asyncio.to_thread(edit_config, path, values)
         except ConfigEditError as err:
