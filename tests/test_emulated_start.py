@@ -7,10 +7,13 @@ tests feed real v1 frames into a real `SensorStream` running the shipped anomaly
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +141,46 @@ def test_the_heartbeat_contract_carries_the_count() -> None:
         }
     )
     assert health.samples_before_hello == 96
+
+
+def test_a_device_streaming_before_its_hello_shows_in_status_and_events(tmp_path: Path) -> None:
+    """A real serial sensor (an emulator on a pty, not held) streams before the daemon opens
+    its port; pyserial's open discards the HELLO, so samples arrive without a layout until
+    the next periodic HELLO (every 8 s here, well after the daemon has opened the port). The
+    technician sees them counted in `status` and announced."""
+    from firmware_bridge.emulator import DeviceEmulator, SyntheticMotion
+    from tests.daemon_proc import cli, events, start_daemon, stop_daemon, write_config
+
+    emulator = DeviceEmulator(
+        SyntheticMotion(rate_hz=50.0, seed=1), device_id="early", hello_every_s=8.0
+    )
+    emulator.start()
+    db = tmp_path / "agent.db"
+    config = write_config(
+        tmp_path / "agent.toml",
+        db=db,
+        sensors=[{"name": "early", "link": "serial", "port": emulator.tty_path}],
+    )
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(config, log)
+    try:
+
+        def before_hello() -> list[tuple[float, str, str | None, dict[str, Any]]]:
+            try:
+                return events(db, "sensor.samples_before_hello") if db.exists() else []
+            except sqlite3.OperationalError:  # the daemon has not created its tables yet
+                return []
+
+        reported = wait_for(before_hello, 30, "sensor.samples_before_hello")
+        _, _, sensor, body = reported[0]
+        assert sensor == "early"
+        assert body["samples"] > 0
+        assert body["total"] == body["samples"]
+        done = cli("status", "--json", env={"EDGE_AGENT_CONFIG": str(config)})
+        assert done.returncode == 0, done.stderr
+        status = json.loads(done.stdout)
+        assert status["sensors"]["early"]["samples_before_hello"] >= body["total"]
+    finally:
+        code = stop_daemon(proc, log)
+        emulator.close()
+    assert code == 0, log.read_text()
