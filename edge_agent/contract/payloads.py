@@ -259,6 +259,12 @@ class HeartbeatPayload(Envelope):
         "`mqtt`, `heartbeat`, `stream:<name>`, ...): state, restarts, last failure; empty "
         "while none did (`status` lists them all).",
     )
+    config_guard: dict[str, Any] | None = Field(
+        default=None,
+        description="The config guard: `file`, the last `good` copy, `confirmed_at` (when the "
+        "broker last confirmed it), `awaiting_broker`, a `fallback` or `reverted` in effect; "
+        "null on a gateway running its embedded default (see operations.md).",
+    )
 
 
 # -- summary ------------------------------------------------------------------------------------
