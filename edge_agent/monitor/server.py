@@ -104,6 +104,7 @@ class MetricsServer:
         self.requests = 0
         self.listening = asyncio.Event()
         self._reported: set[str] = set()
+        self._clients: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Bind (retrying while the address is unavailable) and serve until cancelled."""
@@ -130,8 +131,16 @@ class MetricsServer:
                 await server.serve_forever()
             finally:
                 self.listening.clear()
+                clients = list(self._clients)
+                for task in clients:
+                    task.cancel()
+                if clients:
+                    await asyncio.gather(*clients, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
         try:
             method, path = await asyncio.wait_for(_read_head(reader), HEAD_TIMEOUT_S)
             self.requests += 1
@@ -152,6 +161,8 @@ class MetricsServer:
         ):
             pass  # a client that sends nonsense or nothing is simply hung up on
         finally:
+            if task is not None:
+                self._clients.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

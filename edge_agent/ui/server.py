@@ -226,6 +226,7 @@ class UiServer:
         # Without a password (loopback only) one token guards every action of this process.
         self._open_csrf = secrets.token_urlsafe(32)
         self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Bind and serve until cancelled."""
@@ -239,13 +240,19 @@ class UiServer:
             scheme = "https" if self.tls else "http"
             log.info("edge-agent ui: %s://%s:%d/", scheme, self.options.host, self.port)
             self.listening.set()
-            await self._server.serve_forever()
+            try:
+                await self._server.serve_forever()
+            finally:
+                await _hang_up(self._clients)
 
     # -- plumbing ------------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) else "local"
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
         try:
             request = await asyncio.wait_for(read_request(reader, client), HEAD_TIMEOUT_S)
             if request.path == "/live" and request.method == "GET":
@@ -258,6 +265,8 @@ class UiServer:
         except ssl.SSLError:
             pass
         finally:
+            if task is not None:
+                self._clients.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -409,6 +418,15 @@ class UiServer:
             daemon.close()
             with contextlib.suppress(Exception):
                 await daemon.wait_closed()
+
+
+async def _hang_up(clients: set[asyncio.Task[None]]) -> None:
+    """Cancel the conversations still open and wait for them (the server is going away)."""
+    tasks = list(clients)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _event(writer: asyncio.StreamWriter, body: dict[str, Any]) -> None:
