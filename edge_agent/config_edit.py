@@ -228,8 +228,8 @@ def edit_config(
 
     Raises:
         ConfigEditError: the file cannot be read (`config_unreadable`), a key path is wrong
-            (`bad_key`), or the result does not validate (`invalid_config`, one detail per
-            problem with its key path).
+            (`bad_key`), the result does not validate (`invalid_config`, one detail per
+            problem with its key path), or it cannot be written (`not_persistable`).
     """
     raw, doc = read_document(path)
     before = _plain(doc)
@@ -255,8 +255,14 @@ def edit_config(
     prev = previous_path(path)
     st = path.stat()
     owner = _owner_to_keep(st.st_uid, st.st_gid)
-    write_atomically(prev, raw, mode=st.st_mode & 0o7777, owner=owner)
-    write_atomically(path, text, mode=st.st_mode & 0o7777, owner=owner)
+    try:
+        write_atomically(prev, raw, mode=st.st_mode & 0o7777, owner=owner)
+        write_atomically(path, text, mode=st.st_mode & 0o7777, owner=owner)
+    except OSError as err:
+        raise ConfigEditError(
+            "not_persistable",
+            f"{path}: cannot write beside it ({err.strerror or err}); nothing was changed",
+        ) from err
     return Edit(path, prev, changed, config)
 
 

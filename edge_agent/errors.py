@@ -88,8 +88,8 @@ class ConfigEditError(EdgeAgentError, ValueError):
 
     Attributes:
         code: `config_unreadable` (the file cannot be read or parsed), `bad_key` (no such
-            key path, or it crosses a value), or `invalid_config` (the result does not
-            validate).
+            key path, or it crosses a value), `invalid_config` (the result does not
+            validate) or `not_persistable` (the file cannot be written).
         details: One line per problem, each naming its key path where there is one.
     """
 

@@ -258,3 +258,22 @@ def test_the_daemon_does_not_load_the_round_trip_toml_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "False"
+
+
+def test_a_file_that_cannot_be_written_is_not_persistable(config: Path) -> None:
+    """The service cannot write its config directory: refused, nothing half-written.
+
+    The tests run as root, which writes into read-only directories; the write that must
+    fail (the temporary file of `.prev`) is blocked by a directory of that name instead.
+    """
+    prev = previous_path(config)
+    blocker = config.parent / f".{prev.name}.{os.getpid()}.tmp"
+    blocker.mkdir()
+    try:
+        with pytest.raises(ConfigEditError) as err:
+            edit_config(config, {"mqtt.port": 1884}, environ={})
+    finally:
+        blocker.rmdir()
+    assert err.value.code == "not_persistable"
+    assert config.read_text() == ORIGINAL
+    assert sorted(p.name for p in config.parent.iterdir()) == [config.name]
