@@ -91,6 +91,7 @@ class SensorLinks:
                 "resyncs": dec.resyncs if dec else 0,
                 "windows_dropped": sum(m.cursor.dropped for s in streams for m in s.attached),
                 "hellos_rejected": sum(s.stats.hellos_rejected for s in streams),
+                "input_rejected": link.decoder.rejected() if link else 0,
                 "samples_before_hello": sum(s.stats.samples_before_hello for s in streams),
                 "models": {
                     m.slot.ref: (m.failed or "ok") if m.enabled else m.reason

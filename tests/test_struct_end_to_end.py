@@ -165,6 +165,11 @@ def test_ble_board_notifying_a_struct_becomes_window_results(
     assert code == 0, log.read_text()
     labels = _labels(db, "ble-board")
     assert labels.count("walking") / len(labels) >= 0.8, labels
+    reasons = {b["reason"] for _, _, s, b in events(db, "sensor.rejected") if s == "ble-board"}
+    assert reasons == {
+        "notification that is not whole 17-byte packets",
+        "notification whose packet does not start with the sync bytes",
+    }
     assert not events(db, "component.failed")
 
 

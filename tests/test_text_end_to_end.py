@@ -91,6 +91,16 @@ def test_sketch_lines_with_garbage_become_window_results(tmp_path: Path) -> None
     assert hello["channels"] == ["ax", "ay", "az", "gx", "gy", "gz"]
     assert hello["sample_rate_hz"] == 10.0
     assert not events(db, "component.failed")
+    # Each kind of junk is reported once (event), every junk line is counted (health).
+    reasons = sorted(b["reason"] for _, _, s, b in events(db, "sensor.rejected") if s == "arduino")
+    assert reasons == sorted(
+        [
+            "text line with a field that is not a finite number",
+            "text line with a value beyond its channel's full_scale",
+            "text line longer than max_line_bytes",
+            "text line with more or fewer fields than the layout",
+        ]
+    )
 
 
 def test_sensors_test_shows_the_printed_values(tmp_path: Path) -> None:

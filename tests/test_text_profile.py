@@ -169,7 +169,8 @@ def test_every_kind_of_bad_line_is_counted_and_skipped() -> None:
     assert np.all(np.abs(values[3:] - ROWS[3]) <= 1e-9)
     s = profile.stats
     assert (s.bad_field_count, s.bad_numbers, s.out_of_range, s.oversize_lines) == (2, 4, 1, 1)
-    assert s.bad_lines == len(bad)
+    assert s.bad_lines == len(bad) == profile.rejected()
+    assert len(profile.refusals) == 4  # each kind once, for one sensor.rejected event each
 
 
 def test_a_line_without_end_is_refused_once_and_reading_goes_on() -> None:

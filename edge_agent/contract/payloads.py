@@ -172,6 +172,14 @@ class SensorHealth(_Part):
         description="HELLO frames refused since start: malformed, or announcing a sample rate, "
         "channels or scales that make no sense (docs/protocol.md §3).",
     )
+    input_rejected: int = Field(
+        default=0,
+        ge=0,
+        description="Input the sensor's profile refused since its link was opened (at start or "
+        "by a reload): text lines, "
+        "struct packets or notifications whose field count, length or values make no sense "
+        "(checksum failures are crc_errors); each new kind is also a sensor.rejected event.",
+    )
     samples_before_hello: int = Field(
         default=0,
         ge=0,

@@ -178,6 +178,14 @@ class Pipeline:
         """LinkSink: a sensor connected or was lost."""
         self.post(LinkState(sensor, state, detail))
 
+    def on_rejected(self, sensor: str, reason: str) -> None:
+        """RefusalSink: the sensor's decoder refused a new kind of input (counted there).
+
+        Once per kind and link, so a device repeating the same bad line is only counted
+        (`input_rejected` in the sensor's health).
+        """
+        self.emit("sensor.rejected", "warning", sensor=sensor, reason=reason)
+
     async def swap(self, name: str, bundle: Bundle, runtime: Runtime) -> ModelSwap:
         """Make a loaded model serve every bare reference to `name`, between two rounds.
 

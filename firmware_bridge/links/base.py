@@ -34,6 +34,13 @@ class LinkSink(Protocol):
         """`connected` or `lost`, with a human-readable detail."""
 
 
+class RefusalSink(Protocol):
+    """A sink that also wants each kind of input the decoder refused, once (optional)."""
+
+    def on_rejected(self, sensor: str, reason: str) -> None:
+        """The decoder refused input of a kind it had not refused before."""
+
+
 @dataclass
 class LinkStats:
     """Counters of one link, beside its decoder's."""
@@ -56,6 +63,7 @@ class Link(ABC):
         self.sink = sink
         self.decoder: Profile = open_profile(getattr(config, "profile", None), device_id=self.name)
         self.raw_tap: RawTap | None = None
+        self._refusals_told = 0
         self.stats = LinkStats()
         self.connected = False
         self._stop = threading.Event()
@@ -118,6 +126,16 @@ class Link(ABC):
         frames = self.decoder.feed(data, recv_mono)
         if frames:
             self.sink.on_frames(self.name, frames, recv_mono, recv_wall)
+        if len(self.decoder.refusals) > self._refusals_told:
+            self._tell_refusals()
+
+    def _tell_refusals(self) -> None:
+        new = self.decoder.refusals[self._refusals_told :]
+        self._refusals_told += len(new)
+        on_rejected = getattr(self.sink, "on_rejected", None)
+        if on_rejected is not None:
+            for reason in new:
+                on_rejected(self.name, reason)
 
     def _set_state(self, connected: bool, detail: str) -> None:
         if connected == self.connected:

@@ -96,9 +96,15 @@ class Profile(ABC):
     protocol: ClassVar[str]
     stats: Any
 
+    #: Kinds of refused input a profile reports, at most (each once, as first seen).
+    MAX_REFUSALS = 16
+
     def __init__(self, config: Any, *, device_id: str) -> None:
         self.config = config
         self.device_id = device_id
+        #: Each kind of input refused for making no sense, once, in the order first seen;
+        #: the link reports new ones (the daemon as `sensor.rejected`).
+        self.refusals: list[str] = []
 
     @abstractmethod
     def feed(self, data: bytes, recv_mono: float) -> list[Frame]:
@@ -110,6 +116,15 @@ class Profile(ABC):
     def counters(self) -> dict[str, Any]:
         """Every counter by name, for `sensors test` and health reports."""
         return dataclasses.asdict(self.stats)
+
+    def rejected(self) -> int:
+        """Inputs refused for making no sense (bad lines, values, lengths; checksums aside)."""
+        return 0
+
+    def _refused(self, reason: str) -> None:
+        """Note a kind of refusal the first time it happens."""
+        if reason not in self.refusals and len(self.refusals) < self.MAX_REFUSALS:
+            self.refusals.append(reason)
 
 
 # --------------------------------------------------------------------------------------------

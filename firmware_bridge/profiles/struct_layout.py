@@ -357,6 +357,12 @@ class StructProfile(HostTimedProfile):
             stats.crc_errors += 1
         elif why == "length":
             stats.length_errors += 1
+            self._refused("packet whose length field disagrees with the layout")
+
+    def rejected(self) -> int:
+        """Packets or notifications refused for their length or values (checksums aside)."""
+        stats = self.stats
+        return stats.length_errors + stats.out_of_range + stats.bad_notifications
 
     def _decode(self, data: bytes) -> npt.NDArray[np.int16]:
         layout = self.layout
@@ -410,6 +416,7 @@ class StructProfile(HostTimedProfile):
         refused = n - len(samples)
         if refused:
             self.stats.out_of_range += refused
+            self._refused("packet with a value not finite or beyond its channel's full scale")
         last = fields[-1]
         self.last_fields = {
             name: float(last[name]) for name in fields.dtype.names or () if not name.startswith("_")
@@ -448,6 +455,7 @@ class StructBleProfile(StructProfile):
         size = layout.size
         if not data or len(data) % size:
             self.stats.bad_notifications += 1
+            self._refused(f"notification that is not whole {size}-byte packets")
             self.stats.garbage_bytes += len(data)
             return np.empty((0, len(self.channels)), dtype=np.int16)
         good: list[bytes] = []
@@ -456,7 +464,11 @@ class StructBleProfile(StructProfile):
             why = layout.check(packet)
             if why is None:
                 good.append(packet)
+                continue
+            if why == "sync":
+                self.stats.bad_notifications += 1
+                self._refused("notification whose packet does not start with the sync bytes")
             else:
                 self._reject(why)
-                self.stats.garbage_bytes += size
+            self.stats.garbage_bytes += size
         return self._samples(b"".join(good))

@@ -55,6 +55,12 @@ TIMESTAMP_NAMES = frozenset(
 
 _SPLIT = re.compile(rb"\s*[,;\t]\s*|\s+")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,31}(\[[^\[\]]{0,16}\])?$")
+_REASONS = {
+    "bad_field_count": "text line with more or fewer fields than the layout",
+    "bad_numbers": "text line with a field that is not a finite number",
+    "out_of_range": "text line with a value beyond its channel's full_scale",
+    "oversize_lines": "text line longer than max_line_bytes",
+}
 _BLANKS = b" \t\r\v\f,;"  # a trailing separator after the last value is common
 _AGREE = 3  # consecutive lines with one field count before it becomes the layout
 
@@ -242,6 +248,11 @@ class TextProfile(HostTimedProfile):
         stats = self.stats
         stats.bad_lines += n
         setattr(stats, reason, getattr(stats, reason) + n)
+        self._refused(_REASONS[reason])
+
+    def rejected(self) -> int:
+        """Lines refused."""
+        return self.stats.bad_lines
 
     def _lines(self, data: bytes) -> list[bytes]:
         """Complete lines of this read; a partial one waits, an endless one is refused."""
