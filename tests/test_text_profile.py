@@ -337,3 +337,10 @@ def test_a_sketch_talking_is_not_a_header() -> None:
     assert profile.stats.bad_numbers == 2
     assert profile.stats.header_lines == 1
     assert [c.name for c in frames[0].hello().channels] == ["ax", "ay", "az"]
+
+
+def test_large_values_stay_within_half_an_announced_lsb() -> None:
+    """The HELLO carries scales as float32; quantising with exactly that value keeps a value
+    near full scale within half an announced LSB (found by the fuzzing above)."""
+    _, frames = decode([START + b"0.0,0.0,141.7099389307288\n" * 3], channels=["ax", "ay", "az"])
+    assert np.all(np.abs(physical(frames)[:, 2] - 141.7099389307288) <= lsb(frames)[2] / 2)

@@ -172,7 +172,13 @@ class Quantizer:
                 full.append(spec.full_scale or default)
                 lsb.append(full[-1] / INT16_MAX)
         self.full_scale = np.array(full, dtype=np.float64)
-        self.lsb = np.array(lsb, dtype=np.float64)
+        # The HELLO carries each scale as float32: quantise with exactly that value (rounded
+        # up, so the full scale still fits in int16), and a decoded sample is within half an
+        # announced LSB of the value, whatever the magnitude.
+        announced = np.array(lsb, dtype=np.float32)
+        short = announced.astype(np.float64) < np.array(lsb)
+        announced[short] = np.nextafter(announced[short], np.float32(np.inf))
+        self.lsb = announced.astype(np.float64)
         self.scale = np.array([c.scale for c in channels], dtype=np.float64)
         self.offset = np.array([c.offset for c in channels], dtype=np.float64)
         self.info = tuple(
