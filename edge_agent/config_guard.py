@@ -433,14 +433,6 @@ class ConfigGuard:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def trouble(self) -> str | None:
-        """One line when the daemon does not run the file it was given, else None."""
-        if self.reverted is not None:
-            return f"CONFIG REVERTED ({self.reverted['reason']})"
-        if self.fallback is not None:
-            return f"CONFIG FALLBACK ({self.fallback['reason']})"
-        return None
-
     def snapshot(self) -> dict[str, Any]:
         """For status, heartbeat and doctor."""
         return {

@@ -167,7 +167,7 @@ def test_a_broker_change_that_never_connects_is_reverted(tmp_path: Path) -> None
         guard.reloaded(config, raw, broker_changed=True)
         bus.emit("mqtt.connected", host="127.0.0.1", port=1883, protocol="5")
         await asyncio.sleep(0.3)
-        assert guard.trouble() is not None
+        assert guard.reverted is not None
         await guard.close()
         return seen, revert, board
 

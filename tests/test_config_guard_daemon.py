@@ -117,6 +117,7 @@ def test_broker_changes_that_never_connect_are_reverted(broker: Mosquitto, tmp_p
             status = wait_for(lambda: _online(tmp_path), 30, "online again")
             assert status["mqtt"]["broker"].endswith(f":{broker.port}")
             assert status["config_guard"]["reverted"]["refused"] == first["refused"]
+            assert status["health"]["degraded"] == [f"config reverted: {first['reason']}"]
             beat = wait_for(
                 lambda: [
                     m.payload
@@ -172,6 +173,7 @@ def test_a_broken_file_at_start_runs_the_last_known_good_and_says_so(
             status = wait_for(lambda: _online(tmp_path), 30, "the daemon up on the good copy")
             fallback = status["config_guard"]["fallback"]
             assert "not valid TOML" in fallback["reason"]
+            assert status["health"]["degraded"] == [f"config fallback: {fallback['reason']}"]
             assert Path(fallback["refused"]).read_bytes() == broken
             assert config.read_bytes() == original
             beat = wait_for(
