@@ -69,6 +69,9 @@ def test_watch_sends_signals_that_advance_results_and_health(
     health = [r for r in records if r.get("type") == "health"]
     assert health
     assert health[-1]["status"]["sensors"]["imu-0"]["state"] == "connected"
+    (timing,) = health[-1]["timing"].values()
+    assert timing["calls"] >= 1
+    assert timing["ms_per_call"] > 0
     assert any(r.get("type") == "result" for r in records)
 
 

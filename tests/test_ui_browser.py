@@ -161,6 +161,7 @@ def test_the_page_shows_live_signals_and_labels(
     expect(page.get_by_test_id("label-imu-0")).not_to_have_text("–", timeout=10_000)
     expect(page.get_by_test_id("confidence-imu-0")).to_contain_text("%")
     expect(page.get_by_test_id("models")).to_contain_text(next(iter(gateway.daemon.slots)))
+    expect(page.get_by_test_id("models")).to_contain_text(" ms")  # its time per call
     expect(page.get_by_test_id("uplink")).to_contain_text("offline")
     # The plot's data advances: the newest sample time shown grows.
     page.wait_for_function("() => window.edgeAgentUi.points['imu-0'] > 10", timeout=10_000)

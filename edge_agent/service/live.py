@@ -9,7 +9,8 @@ socket and permissions as `status` and `tail`:
   means to at most `points` per second; the first record of a stream carries the last
   `history_s` seconds so a plot fills at once;
 - `{"type": "result", ...}` and `{"type": "event", ...}`: as `tail` sends them;
-- `{"type": "health", "status": {...}}`: what `edge-agent status` shows, every `health_s`.
+- `{"type": "health", "status": {...}, "timing": {...}}`: what `edge-agent status` shows,
+  and per model its version, runtime and mean inference time per call, every `health_s`.
 
 Nothing is added to the data path: the rings are read on the loop, between pipeline rounds,
 only while someone watches. A client too slow to keep up loses result and event records
@@ -165,11 +166,32 @@ class LiveFeed:
                         "type": "health",
                         "ts": round(time.time(), 3),
                         "status": await self.status(),
+                        "timing": self._timing(),
                     }
                 await asyncio.sleep(max(0.0, period - (self.clock() - started)))
         finally:
             self.watchers -= 1
             self.tail.unsubscribe(q)
+
+    def _timing(self) -> dict[str, dict[str, Any]]:
+        """Per loaded model: version, runtime and the mean time of an inference call."""
+        out: dict[str, dict[str, Any]] = {}
+        for stream in list(self.streams().values()):
+            for model in stream.attached:
+                slot = model.slot
+                if slot.ref in out:
+                    continue
+                stats = slot.runtime.stats
+                manifest = slot.bundle.manifest
+                out[slot.ref] = {
+                    "version": manifest.version,
+                    "runtime": manifest.runtime,
+                    "calls": stats.calls,
+                    "ms_per_call": round(stats.busy_ns / stats.calls / 1e6, 3)
+                    if stats.calls
+                    else None,
+                }
+        return out
 
     @staticmethod
     def _wanted(record: Mapping[str, Any], options: WatchOptions) -> bool:

@@ -126,7 +126,10 @@ function onHealth(r) {
     const tr = el("tr");
     const state = Object.values(st.sensors).map((h) => (h.models || {})[m.ref]).filter(Boolean);
     const probation = m.probation ? " · on probation" : "";
-    tr.append(el("td", {}, m.ref), el("td", {}, m.runtime), el("td", {}, (m.sensors || []).join(", ")),
+    const timing = (r.timing || {})[m.ref] || {};
+    const latency = timing.ms_per_call == null ? "–" : `${timing.ms_per_call.toFixed(2)} ms`;
+    tr.append(el("td", {}, m.ref), el("td", {}, m.runtime), el("td", {}, latency),
+              el("td", {}, (m.sensors || []).join(", ")),
               el("td", {}, [...new Set(state)].join(", ") + probation));
     return tr;
   });
