@@ -94,7 +94,7 @@ def test_broker_changes_that_never_connect_are_reverted(broker: Mosquitto, tmp_p
     with collector(broker.port, f"{root}/#") as sub:
         proc = start_daemon(config, log)
         try:
-            wait_for(lambda: _good(config).exists(), 30, "the last known good copy")
+            wait_for(lambda: _good(config).exists(), 60, "the last known good copy")
             assert _good(config).read_bytes() == original
 
             sub.client.publish(
@@ -109,12 +109,12 @@ def test_broker_changes_that_never_connect_are_reverted(broker: Mosquitto, tmp_p
             )
             assert reply["ok"] is True, reply
             assert reply["result"]["changed"] == ["mqtt.port"]
-            first = wait_for(lambda: _events(sub, "config.reverted"), 30, "config.reverted")[0]
+            first = wait_for(lambda: _events(sub, "config.reverted"), 60, "config.reverted")[0]
             assert "no broker connection within 2 s" in first["reason"]
             assert first["restored"] is True
             assert f"port = {dead}" in Path(first["refused"]).read_text()
             assert config.read_bytes() == original
-            status = wait_for(lambda: _online(tmp_path), 30, "online again")
+            status = wait_for(lambda: _online(tmp_path), 60, "online again")
             assert status["mqtt"]["broker"].endswith(f":{broker.port}")
             assert status["config_guard"]["reverted"]["refused"] == first["refused"]
             assert status["health"]["degraded"] == [f"config reverted: {first['reason']}"]
@@ -133,17 +133,17 @@ def test_broker_changes_that_never_connect_are_reverted(broker: Mosquitto, tmp_p
             done = cli("config", "set", "mqtt.port", str(dead), "--config", str(config))
             assert done.returncode == 0, done.stderr
             os.kill(proc.pid, signal.SIGHUP)
-            wait_for(lambda: len(_events(sub, "config.reverted")) == 2, 30, "second revert")
+            wait_for(lambda: len(_events(sub, "config.reverted")) == 2, 60, "second revert")
             assert config.read_bytes() == original
             refused = sorted(tmp_path.glob("edge-agent.toml.refused-*"))
             assert len(refused) == 2
-            wait_for(lambda: _online(tmp_path), 30, "online again after the second revert")
+            wait_for(lambda: _online(tmp_path), 60, "online again after the second revert")
 
             # A broker change that connects is kept and becomes the last known good copy.
             done = cli("config", "set", "mqtt.keepalive_s", "45", "--config", str(config))
             assert done.returncode == 0, done.stderr
             os.kill(proc.pid, signal.SIGHUP)
-            wait_for(lambda: b"keepalive_s = 45" in _good(config).read_bytes(), 30, "new good copy")
+            wait_for(lambda: b"keepalive_s = 45" in _good(config).read_bytes(), 60, "new good copy")
             wait_for(
                 lambda: (st := _online(tmp_path)) and st["config_guard"]["reverted"] is None,
                 10,
@@ -170,7 +170,7 @@ def test_a_broken_file_at_start_runs_the_last_known_good_and_says_so(
     with collector(broker.port, f"{root}/#") as sub:
         proc = start_daemon(config, log)
         try:
-            status = wait_for(lambda: _online(tmp_path), 30, "the daemon up on the good copy")
+            status = wait_for(lambda: _online(tmp_path), 60, "the daemon up on the good copy")
             fallback = status["config_guard"]["fallback"]
             assert "not valid TOML" in fallback["reason"]
             assert status["health"]["degraded"] == [f"config fallback: {fallback['reason']}"]
@@ -209,14 +209,14 @@ def test_three_unclean_starts_in_a_row_fall_back(broker: Mosquitto, tmp_path: Pa
     for _ in range(3):
         proc = start_daemon(config, log)
         try:
-            status = wait_for(lambda: _online(tmp_path), 30, "the daemon up and connected")
+            status = wait_for(lambda: _online(tmp_path), 60, "the daemon up and connected")
             assert status["config_guard"]["fallback"] is None, log.read_text()
         finally:
             proc.kill()
             proc.wait(10)
     proc = start_daemon(config, log)
     try:
-        status = wait_for(lambda: _status(tmp_path), 30, "the daemon up on the good copy")
+        status = wait_for(lambda: _status(tmp_path), 60, "the daemon up on the good copy")
         fallback = status["config_guard"]["fallback"]
         state = config.with_name(config.name + ".guard.json")
         assert fallback is not None, (status["config_guard"], state.read_text(), log.read_text())
@@ -239,7 +239,7 @@ def test_an_empty_broker_host_cannot_brick_the_gateway(broker: Mosquitto, tmp_pa
     with collector(broker.port, f"{root}/#") as sub:
         proc = start_daemon(config, log)
         try:
-            wait_for(lambda: _good(config).exists(), 30, "the last known good copy")
+            wait_for(lambda: _good(config).exists(), 60, "the last known good copy")
             sub.client.publish(
                 f"{root}/cmd/config.set",
                 json.dumps({"id": "brick", "args": {"values": {"mqtt.host": ""}}}),
@@ -263,7 +263,7 @@ def test_an_empty_broker_host_cannot_brick_the_gateway(broker: Mosquitto, tmp_pa
                     30,
                     "the restarted daemon online or down",
                 )
-            status = wait_for(lambda: _online(tmp_path), 30, "online on a config that works")
+            status = wait_for(lambda: _online(tmp_path), 60, "online on a config that works")
             assert status["mqtt"]["broker"] == f"127.0.0.1:{broker.port}"
             assert config.read_bytes() == original
         finally:
