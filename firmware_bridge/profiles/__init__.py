@@ -146,7 +146,9 @@ def bench_decoders(seconds: float) -> dict[str, float]:
     """Decoder throughput of every profile, in samples per second, for `edge-agent bench`.
 
     Each protocol decodes the bytes of synthetic motion in the pieces it arrives in on a
-    gateway (4 KiB serial reads; one 20-byte notification per read for ``witmotion-ble``).
+    gateway (4 KiB serial reads; one notification per read for ``witmotion-ble`` (20 bytes)
+    and ``thingy52`` (18 bytes); ``struct`` with a 17-byte CRC-16 layout, ``text`` with six
+    values per line).
     ``raw_read_samples_per_s`` reads the v1 bytes in the same 4 KiB pieces and does nothing
     with them: the ceiling any decoder is measured against.
 
@@ -157,22 +159,50 @@ def bench_decoders(seconds: float) -> dict[str, float]:
         ``decode_<protocol>_samples_per_s`` per protocol (``-`` becomes ``_``) and
         ``raw_read_samples_per_s``.
     """
-    from firmware_bridge.emulator import SyntheticMotion, encode_stream, encode_witmotion
+    from firmware_bridge.emulator import (
+        SyntheticMotion,
+        encode_stream,
+        encode_struct,
+        encode_text,
+        encode_witmotion,
+    )
+    from firmware_bridge.profiles.thingy52 import Thingy52Profile
 
     n_samples = 20_000
     rate = 100.0
-    streams: dict[str, tuple[bytes, int]] = {
-        "v1": (encode_stream(SyntheticMotion(rate, seed=1), n_samples, batch=10), 4096),
-        "witmotion": (encode_witmotion(SyntheticMotion(rate, seed=1), n_samples), 4096),
+    layout: dict[str, Any] = {
+        "sync": "aa55",
+        "format": "<B6h",
+        "fields": ["n", "ax", "ay", "az", "gx", "gy", "gz"],
+        "counter": "n",
+        "checksum": "crc16-ccitt",
+        "channels": [{"name": n, "scale": 1 / 4096} for n in ("ax", "ay", "az")]
+        + [{"name": n, "scale": 1 / 16.4} for n in ("gx", "gy", "gz")],
+    }
+    thingy = encode_struct(SyntheticMotion(rate, seed=1), Thingy52Profile.layout_config(None),
+                           n_samples)  # fmt: skip
+    streams: dict[str, tuple[bytes, int, dict[str, Any]]] = {
+        "v1": (encode_stream(SyntheticMotion(rate, seed=1), n_samples, batch=10), 4096, {}),
+        "witmotion": (encode_witmotion(SyntheticMotion(rate, seed=1), n_samples), 4096, {}),
         "witmotion-ble": (
             encode_witmotion(SyntheticMotion(rate, seed=1), n_samples, wire="witmotion-ble"),
             20,
+            {},
         ),
+        "text": (b"\n" + encode_text(SyntheticMotion(rate, seed=1), n_samples), 4096, {}),
+        "struct": (
+            encode_struct(
+                SyntheticMotion(rate, seed=1), StructConfig(protocol="struct", **layout), n_samples
+            ),
+            4096,
+            layout,
+        ),
+        "thingy52": (thingy, 18, {}),
     }
     budget = max(0.05, seconds / (len(streams) + 1))
     results: dict[str, float] = {}
-    for protocol, (data, chunk) in streams.items():
-        options = {} if protocol == "v1" else {"rate_hz": rate}
+    for protocol, (data, chunk, extra) in streams.items():
+        options = {} if protocol == "v1" else {"rate_hz": rate, **extra}
         pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
         step = n_samples / rate / len(pieces)
         done = 0

@@ -260,11 +260,24 @@ class Layout:
                 raise ValueError(f"channel {channel.name!r} is not one of the fields {names}")
         self.channel_specs = tuple(channels)
         self.channel_names = [c.name for c in channels]
+        exact = [
+            types[c.name] in "bBh" and c.offset == 0 and c.full_scale is None for c in channels
+        ]
         self.quantizer = Quantizer(
-            channels,
-            [_full_scale(c, types[c.name]) for c in channels],
-            [types[c.name] in "bBh" for c in channels],
+            channels, [_full_scale(c, types[c.name]) for c in channels], exact
         )
+        # Integers of at most 16 bits at their own scale pass as they are: no float round
+        # trip, nothing to refuse. The common case (an IMU's int16 registers) is one slice.
+        self.direct = all(exact)
+        self.sign = np.array([-1 if c.scale < 0 else 1 for c in channels], dtype=np.int16)
+        self.block: tuple[int, str] | None = None
+        offsets = [self.dtype.fields[c.name][1] for c in channels]  # type: ignore[index]
+        if (
+            self.direct
+            and all(types[c.name] == "h" for c in channels)
+            and offsets == list(range(offsets[0], offsets[0] + 2 * len(channels), 2))
+        ):
+            self.block = (self.head + offsets[0], order + "i2")
 
     def check(self, packet: bytes | memoryview) -> str | None:
         """Why one packet of exactly :attr:`size` bytes is not valid, or None."""
@@ -287,6 +300,21 @@ class Layout:
         raw = np.frombuffer(packets, np.uint8, count=n * self.size).reshape(n, self.size)
         body = np.ascontiguousarray(raw[:, self.head : self.head + self.fields_size])
         return body.view(self.dtype).reshape(n)
+
+    def direct_samples(self, packets: bytes, fields: npt.NDArray[Any]) -> npt.NDArray[np.int16]:
+        """The int16 samples of a :attr:`direct` layout, without a float round trip."""
+        if self.block is not None:
+            start, kind = self.block
+            n = len(fields)
+            raw = np.frombuffer(packets, np.uint8).reshape(n, self.size)
+            width = 2 * len(self.channel_names)
+            block = np.ascontiguousarray(raw[:, start : start + width]).view(kind)
+            samples: npt.NDArray[np.int16] = block.astype(np.int16, copy=False)
+        else:
+            samples = np.stack([fields[n].astype(np.int16) for n in self.channel_names], axis=1)
+        if (self.sign < 0).any():
+            samples = samples * self.sign
+        return samples
 
     def physical(self, fields: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
         """The channels of decoded packets in physical units, ``(n, channels)``."""
@@ -335,8 +363,7 @@ class StructProfile(HostTimedProfile):
         self._tail = b""
         self._synced = False
         self._last_counter: int | None = None
-        #: The latest packet's fields by name, for `sensors test` (raw device numbers).
-        self.last_fields: dict[str, float] = {}
+        self._last: Any = None
 
     @classmethod
     def layout_config(cls, config: Any) -> StructLayoutConfig:
@@ -410,18 +437,28 @@ class StructProfile(HostTimedProfile):
         fields = layout.values(packets)
         n = len(fields)
         self.stats.packets_ok += n
-        samples, ok = layout.quantizer.quantize(layout.physical(fields))
+        if layout.direct:
+            samples = layout.direct_samples(packets, fields)
+            ok = np.ones(n, dtype=np.bool_)
+        else:
+            samples, ok = layout.quantizer.quantize(layout.physical(fields))
         if layout.counter is not None:
             self._count_gaps(fields[layout.counter].astype(np.int64), ok)
         refused = n - len(samples)
         if refused:
             self.stats.out_of_range += refused
             self._refused("packet with a value not finite or beyond its channel's full scale")
-        last = fields[-1]
-        self.last_fields = {
-            name: float(last[name]) for name in fields.dtype.names or () if not name.startswith("_")
-        }
+        self._last = fields[-1]
         return samples
+
+    @property
+    def last_fields(self) -> dict[str, float]:
+        """The latest packet's fields by name, as the device sent them (for `sensors test`)."""
+        last = self._last
+        if last is None:
+            return {}
+        names = last.dtype.names or ()
+        return {name: float(last[name]) for name in names if not name.startswith("_")}
 
     def _count_gaps(self, counters: npt.NDArray[np.int64], kept: npt.NDArray[np.bool_]) -> None:
         """Note where the counter jumped, as positions among the samples kept."""
