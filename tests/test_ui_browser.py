@@ -194,6 +194,34 @@ def test_the_reload_button_reloads_the_daemon(gateway: Gateway, page: Page) -> N
         unsubscribe()
 
 
+def test_a_recording_is_made_and_downloaded_as_csv(gateway: Gateway, page: Page) -> None:
+    page.goto(gateway.ui.url)
+    expect(page.get_by_test_id("state-imu-0")).to_have_text("streaming", timeout=10_000)
+    record = page.get_by_test_id("record-imu-0")
+    record.click()
+    expect(record).to_have_text("Stop", timeout=5_000)
+    start = time.monotonic()
+    while time.monotonic() - start < 1.5:  # record for a moment of real time
+        page.wait_for_timeout(100)
+    record.click()
+    expect(page.get_by_test_id("action")).to_contain_text("recorded", timeout=5_000)
+    link = page.get_by_test_id("download-imu-0")
+    expect(link).to_be_visible()
+    with page.expect_download() as info:
+        link.click()
+    download = info.value
+    assert download.suggested_filename.startswith("imu-0-")
+    lines = Path(download.path()).read_text().splitlines()
+    header = lines[0].split(",")
+    assert header[0] == "t"
+    assert "ax (g)" in header
+    rows = [[float(x) for x in line.split(",")] for line in lines[1:]]
+    assert len(rows) >= 20  # 1.5 s of a 50 Hz sensor, at full rate
+    assert all(len(r) == len(header) for r in rows)
+    times = [r[0] for r in rows]
+    assert times == sorted(times)
+
+
 def test_unplugging_a_sensor_shows_it_lost_within_two_seconds(gateway: Gateway, page: Page) -> None:
     page.goto(gateway.ui.url)
     badge = page.get_by_test_id("state-bench")

@@ -22,7 +22,13 @@ from edge_agent.ui.auth import (
     read_password_file,
     verify_password,
 )
-from edge_agent.ui.server import BadRequestError, is_loopback, read_request, sanitize
+from edge_agent.ui.server import (
+    BadRequestError,
+    _sensor_of,
+    is_loopback,
+    read_request,
+    sanitize,
+)
 
 
 async def _parse(data: bytes) -> object:
@@ -155,3 +161,16 @@ def test_the_service_form_starts_without_the_cli_or_the_config_models(tmp_path: 
     )
     assert out.stdout.split() == ["2", "False", "False", "False"]
     assert "without a password" in out.stderr
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
+def test_the_record_door_takes_only_a_sensor_name(body: bytes) -> None:
+    """`POST /api/record/start`: anything but `{"sensor": "<printable name>"}` gives None."""
+    sensor = _sensor_of(body)
+    if sensor is not None:
+        assert 0 < len(sensor) <= 255
+        assert sensor.isprintable()
+    assert _sensor_of(b'{"sensor": "imu-0"}') == "imu-0"
+    assert _sensor_of(b'{"sensor": ""}') is None
+    assert _sensor_of(b'["imu-0"]') is None

@@ -38,6 +38,7 @@ from urllib.parse import parse_qs
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.ui.auth import Sessions, verify_password
+from edge_agent.ui.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,7 @@ class UiServer:
         self._open_csrf = secrets.token_urlsafe(32)
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self.recorder: Recorder | None = None
 
     async def run(self) -> None:
         """Bind and serve until cancelled."""
@@ -239,11 +241,13 @@ class UiServer:
                 self.port = int(sockets[0].getsockname()[1])
             scheme = "https" if self.tls else "http"
             log.info("edge-agent ui: %s://%s:%d/", scheme, self.options.host, self.port)
+            self.recorder = Recorder(self.options.control_socket)
             self.listening.set()
             try:
                 await self._server.serve_forever()
             finally:
                 await _hang_up(self._clients)
+                await self.recorder.close()
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -319,6 +323,13 @@ class UiServer:
             return _reply(HTTPStatus.OK, page, "text/html; charset=utf-8")
         if csrf is None:
             return _json(HTTPStatus.UNAUTHORIZED, {"ok": False, "error": "log in first"})
+        if route == "/api/record/download" and method != "POST":
+            got = self.recorder.download() if self.recorder is not None else None
+            if got is None:
+                return _json(HTTPStatus.NOT_FOUND, {"ok": False, "error": "no recording yet"})
+            name, data = got
+            disposition = f'attachment; filename="{name}"'
+            return _reply(HTTPStatus.OK, data, "text/csv", **{"Content-Disposition": disposition})
         if method != "POST":
             return _reply(HTTPStatus.NOT_FOUND, "not found\n", "text/plain")
         if self._cross_site(request, csrf):
@@ -328,6 +339,13 @@ class UiServer:
             return _reply(HTTPStatus.SEE_OTHER, b"", "text/plain", Location="/")
         if route == "/api/reload":
             return _json(HTTPStatus.OK, await self._control("reload", {}))
+        if route == "/api/record/start" and self.recorder is not None:
+            sensor = _sensor_of(request.body)
+            if sensor is None:
+                return _json(HTTPStatus.BAD_REQUEST, {"ok": False, "error": "which sensor?"})
+            return _json(HTTPStatus.OK, await self.recorder.start(sensor))
+        if route == "/api/record/stop" and self.recorder is not None:
+            return _json(HTTPStatus.OK, await self.recorder.stop())
         return _json(HTTPStatus.NOT_FOUND, {"ok": False, "error": "no such action"})
 
     def _login(self, request: Request) -> Response:
@@ -418,6 +436,18 @@ class UiServer:
             daemon.close()
             with contextlib.suppress(Exception):
                 await daemon.wait_closed()
+
+
+def _sensor_of(body: bytes) -> str | None:
+    """The sensor name of a `{"sensor": "..."}` body, or None when it is not one."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    sensor = value.get("sensor") if isinstance(value, dict) else None
+    if isinstance(sensor, str) and 0 < len(sensor) <= 255 and sensor.isprintable():
+        return sensor
+    return None
 
 
 async def _hang_up(clients: set[asyncio.Task[None]]) -> None:

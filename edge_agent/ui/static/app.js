@@ -29,7 +29,10 @@ function sensor(name) {
   const card = el("article", { class: "sensor", "data-testid": `sensor-${name}` });
   const title = el("h2", {}, name);
   const badge = el("span", { class: "badge", "data-testid": `state-${name}` }, "…");
-  title.append(badge);
+  const record = el("button", { class: "record", "data-testid": `record-${name}`, title: "Record this sensor's signals as CSV" }, "Record");
+  const download = el("a", { href: "/api/record/download", "data-testid": `download-${name}`, hidden: "" }, "Download CSV");
+  record.addEventListener("click", () => toggleRecording(name, record, download));
+  title.append(badge, record, download);
   const decision = el("div");
   const label = el("span", { class: "label", "data-testid": `label-${name}` }, "–");
   const confidence = el("span", { class: "confidence", "data-testid": `confidence-${name}` });
@@ -231,15 +234,36 @@ live.onmessage = (message) => {
 };
 live.onerror = () => onDaemon({ connected: false, error: "page feed interrupted; retrying" });
 
-async function act(path, what) {
+async function act(path, what, payload = {}) {
   const out = document.getElementById("action");
   out.textContent = `${what}…`;
   try {
-    const reply = await fetch(path, { method: "POST", headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" });
+    const reply = await fetch(path, {
+      method: "POST", credentials: "same-origin", body: JSON.stringify(payload),
+      headers: { "X-CSRF-Token": csrf, "Content-Type": "application/json" },
+    });
     const body = await reply.json();
     out.textContent = body.ok ? `${what}: done` : `${what} failed: ${body.error || reply.status}`;
+    return body;
   } catch (err) {
     out.textContent = `${what} failed: ${err}`;
+    return null;
   }
 }
+let recordingSensor = null;
+
+async function toggleRecording(name, button, link) {
+  const starting = recordingSensor !== name;
+  for (const a of document.querySelectorAll("a[data-testid^=download-]")) a.hidden = true;
+  for (const b of document.querySelectorAll("button.record")) b.textContent = "Record";
+  const body = await act(starting ? "/api/record/start" : "/api/record/stop",
+                         starting ? `recording ${name}` : "recording", { sensor: name });
+  if (starting && body && body.ok) { recordingSensor = name; button.textContent = "Stop"; }
+  if (!starting) {
+    recordingSensor = null;
+    if (body && body.ok && body.rows > 0) link.hidden = false;
+    document.getElementById("action").textContent = body && body.ok ? `recorded ${body.rows} samples of ${name} in ${body.seconds} s` : `recording failed: ${(body && body.error) || "?"}`;
+  }
+}
+
 document.getElementById("reload").addEventListener("click", () => act("/api/reload", "reload"));
