@@ -156,6 +156,7 @@ class Daemon:
             config_source=self._config_source,
             started_mono=self.started_mono,
             streams=lambda: self.pipeline.streams,
+            probation=lambda: self.ota.watching,
         )
         self.pipeline.on_results = self.service.on_results
         AgentCommands(

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from edge_agent.config import AgentConfig
 from edge_agent.daemon import Daemon, serving_in_thread
-from edge_agent.service.control import request, stream
-from edge_agent.service.live import parse_watch
+from edge_agent.service.control import TailFanout, request, stream
+from edge_agent.service.live import LiveFeed, parse_watch
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +143,20 @@ def test_parse_watch_accepts_only_sensible_options(request: dict[str, Any]) -> N
     assert 0 <= options.history_s <= 120
     assert 0.1 <= options.health_s <= 60
     assert options.sensors is None or len(options.sensors) <= 64
+
+
+def test_watch_timing_names_a_version_on_probation(daemon: tuple[Daemon, Path]) -> None:
+    """The models' figures say which version is on probation (OTA's watch list)."""
+    d, _ = daemon
+    (slot,) = d.slots.values()
+    live = LiveFeed(
+        streams=lambda: d.streams,
+        status=d.service.status,
+        tail=TailFanout(),
+        probation=lambda: {slot.bundle.path: object()},
+    )
+    timing = live._timing()[slot.ref]
+    assert timing["probation"] is True
+    assert timing["version"] == slot.bundle.manifest.version
+    assert d.service.live is not None
+    assert d.service.live._timing()[slot.ref]["probation"] is False

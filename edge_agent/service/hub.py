@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__
@@ -77,6 +78,7 @@ class ServiceHub:
         started_mono: When the process started (monotonic).
         notifier: systemd's notify socket (default: from the environment).
         streams: The pipeline's live streams, for the `watch` feed (None: no `watch`).
+        probation: Model versions on probation by bundle path, for the `watch` feed.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class ServiceHub:
         started_mono: float,
         notifier: Notifier | None = None,
         streams: Streams | None = None,
+        probation: Callable[[], Mapping[Path, object]] | None = None,
     ) -> None:
         self.config = config
         self.health = health
@@ -106,7 +109,9 @@ class ServiceHub:
         self.notifier = notifier or Notifier()
         self.tail = TailFanout()
         self.live = (
-            LiveFeed(streams=streams, status=self.status, tail=self.tail) if streams else None
+            LiveFeed(streams=streams, status=self.status, tail=self.tail, probation=probation)
+            if streams
+            else None
         )
         self.control: ControlServer | None = None
         self.watchdog: PipelineWatchdog | None = None

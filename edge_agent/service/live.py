@@ -10,7 +10,8 @@ socket and permissions as `status` and `tail`:
   `history_s` seconds so a plot fills at once;
 - `{"type": "result", ...}` and `{"type": "event", ...}`: as `tail` sends them;
 - `{"type": "health", "status": {...}, "timing": {...}}`: what `edge-agent status` shows,
-  and per model its version, runtime and mean inference time per call, every `health_s`.
+  and per model its version, runtime, probation and mean time per inference call, every
+  `health_s`.
 
 Nothing is added to the data path: the rings are read on the loop, between pipeline rounds,
 only while someone watches. A client too slow to keep up loses result and event records
@@ -24,6 +25,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -110,6 +112,7 @@ class LiveFeed:
         streams: The pipeline's live streams by (sensor, stream id).
         status: Awaits what `edge-agent status` shows.
         tail: The fan-out that carries result and event records.
+        probation: The model versions on probation, by bundle path (OTA's).
         clock: Monotonic time source.
     """
 
@@ -119,9 +122,11 @@ class LiveFeed:
         streams: Streams,
         status: Callable[[], Awaitable[dict[str, Any]]],
         tail: TailFanout,
+        probation: Callable[[], Mapping[Path, object]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.streams = streams
+        self.probation = probation
         self.status = status
         self.tail = tail
         self.clock = clock
@@ -174,8 +179,9 @@ class LiveFeed:
             self.tail.unsubscribe(q)
 
     def _timing(self) -> dict[str, dict[str, Any]]:
-        """Per loaded model: version, runtime and the mean time of an inference call."""
+        """Per loaded model: version, runtime, probation and the mean time of an inference call."""
         out: dict[str, dict[str, Any]] = {}
+        watching = self.probation() if self.probation is not None else {}
         for stream in list(self.streams().values()):
             for model in stream.attached:
                 slot = model.slot
@@ -187,6 +193,7 @@ class LiveFeed:
                     "version": manifest.version,
                     "runtime": manifest.runtime,
                     "calls": stats.calls,
+                    "probation": slot.bundle.path in watching,
                     "ms_per_call": round(stats.busy_ns / stats.calls / 1e6, 3)
                     if stats.calls
                     else None,

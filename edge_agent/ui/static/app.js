@@ -128,7 +128,7 @@ function onHealth(r) {
   const rows = st.models.map((m) => {
     const tr = el("tr");
     const state = Object.values(st.sensors).map((h) => (h.models || {})[m.ref]).filter(Boolean);
-    const probation = m.probation ? " · on probation" : "";
+    const probation = ((r.timing || {})[m.ref] || {}).probation ? " · on probation" : "";
     const timing = (r.timing || {})[m.ref] || {};
     const latency = timing.ms_per_call == null ? "–" : `${timing.ms_per_call.toFixed(2)} ms`;
     tr.append(el("td", {}, m.ref), el("td", {}, m.runtime), el("td", {}, latency),
