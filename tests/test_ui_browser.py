@@ -194,6 +194,16 @@ def test_the_reload_button_reloads_the_daemon(gateway: Gateway, page: Page) -> N
         unsubscribe()
 
 
+def test_the_sensor_test_judges_a_live_sensor(gateway: Gateway, page: Page) -> None:
+    page.goto(gateway.ui.url)
+    expect(page.get_by_test_id("state-bench")).to_have_text("streaming", timeout=10_000)
+    page.get_by_test_id("test-bench").click()
+    expect(page.get_by_test_id("action")).to_have_text(
+        re.compile(r"^bench: ok: streaming at \d+(\.\d+)? Hz, no gaps, no CRC errors$"),
+        timeout=10_000,
+    )
+
+
 def test_a_recording_is_made_and_downloaded_as_csv(gateway: Gateway, page: Page) -> None:
     page.goto(gateway.ui.url)
     expect(page.get_by_test_id("state-imu-0")).to_have_text("streaming", timeout=10_000)

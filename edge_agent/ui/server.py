@@ -46,6 +46,7 @@ HEAD_LIMIT = 8 * 1024
 BODY_LIMIT = 16 * 1024
 HEAD_TIMEOUT_S = 10.0
 RETRY_S = 2.0
+SENSOR_TEST_S = 3.0
 COOKIE = "edge_agent_ui"
 STATIC = {
     "app.js": "text/javascript; charset=utf-8",
@@ -344,6 +345,11 @@ class UiServer:
             if sensor is None:
                 return _json(HTTPStatus.BAD_REQUEST, {"ok": False, "error": "which sensor?"})
             return _json(HTTPStatus.OK, await self.recorder.start(sensor))
+        if route == "/api/sensor-test":
+            sensor = _sensor_of(request.body)
+            if sensor is None:
+                return _json(HTTPStatus.BAD_REQUEST, {"ok": False, "error": "which sensor?"})
+            return _json(HTTPStatus.OK, await self._sensor_test(sensor))
         if route == "/api/record/stop" and self.recorder is not None:
             return _json(HTTPStatus.OK, await self.recorder.stop())
         return _json(HTTPStatus.NOT_FOUND, {"ok": False, "error": "no such action"})
@@ -379,6 +385,50 @@ class UiServer:
         return _reply(
             HTTPStatus.SEE_OTHER, b"", "text/plain", Location="/", **{"Set-Cookie": cookie}
         )
+
+    async def _sensor_test(self, sensor: str) -> dict[str, Any]:
+        """What one sensor did over `SENSOR_TEST_S` on the running daemon, with a verdict.
+
+        Samples, rate, gaps, lost frames and CRC errors from two `status` readings: the live
+        counterpart of `edge-agent sensors test`, which needs the link to itself.
+        """
+        before = await self._control("status", {})
+        await asyncio.sleep(SENSOR_TEST_S)
+        after = await self._control("status", {})
+        if not (before.get("ok") and after.get("ok")):
+            return {"ok": False, "error": after.get("error") or before.get("error")}
+        first = before.get("status", {}).get("sensors", {}).get(sensor)
+        last = after.get("status", {}).get("sensors", {}).get(sensor)
+        if not isinstance(first, dict) or not isinstance(last, dict):
+            return {"ok": False, "error": f"no sensor named {sensor!r} in the running config"}
+
+        def delta(key: str) -> int:
+            return int(last.get(key) or 0) - int(first.get(key) or 0)
+
+        samples = delta("samples")
+        figures = {
+            "seconds": SENSOR_TEST_S,
+            "state": last.get("state"),
+            "samples": samples,
+            "rate_hz": round(samples / SENSOR_TEST_S, 1),
+            "gaps": delta("gaps"),
+            "frames_lost": delta("frames_lost"),
+            "crc_errors": delta("crc_errors"),
+        }
+        problems = [
+            f"{figures[k]} {k.replace('_', ' ')}"
+            for k in ("gaps", "frames_lost", "crc_errors")
+            if figures[k]
+        ]
+        if last.get("state") != "connected":
+            verdict = f"not connected ({last.get('state')})"
+        elif samples == 0:
+            verdict = "connected but silent: no samples"
+        elif problems:
+            verdict = f"streaming at {figures['rate_hz']} Hz with {', '.join(problems)}"
+        else:
+            verdict = f"ok: streaming at {figures['rate_hz']} Hz, no gaps, no CRC errors"
+        return {"ok": True, "sensor": sensor, "verdict": verdict, **figures}
 
     async def _control(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
         path = self.options.control_socket

@@ -32,7 +32,12 @@ function sensor(name) {
   const record = el("button", { class: "record", "data-testid": `record-${name}`, title: "Record this sensor's signals as CSV" }, "Record");
   const download = el("a", { href: "/api/record/download", "data-testid": `download-${name}`, hidden: "" }, "Download CSV");
   record.addEventListener("click", () => toggleRecording(name, record, download));
-  title.append(badge, record, download);
+  const check = el("button", { class: "record", "data-testid": `test-${name}`, title: "Watch this sensor for 3 s and judge it" }, "Test");
+  check.addEventListener("click", async () => {
+    const body = await act("/api/sensor-test", `testing ${name} for 3 s`, { sensor: name });
+    if (body && body.ok) document.getElementById("action").textContent = `${name}: ${body.verdict}`;
+  });
+  title.append(badge, check, record, download);
   const decision = el("div");
   const label = el("span", { class: "label", "data-testid": `label-${name}` }, "–");
   const confidence = el("span", { class: "confidence", "data-testid": `confidence-${name}` });
