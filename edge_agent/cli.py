@@ -161,20 +161,43 @@ def simulate(
         str,
         typer.Option(
             help="What the devices speak: v1 (our firmware), witmotion, witmotion-ble, text "
-            "(a sketch printing lines of numbers)."
+            "(a sketch printing lines of numbers), thingy52, struct (the layout of --sensor)."
         ),
     ] = "v1",
     garbage_every: Annotated[
-        int, typer.Option(min=0, help="text: also print one bad line every N samples.")
+        int,
+        typer.Option(
+            min=0, help="text: also print one bad line every N samples; struct: line noise."
+        ),
     ] = 0,
+    sensor: Annotated[
+        str | None,
+        typer.Option(
+            help="Play the device of this configured sensor: its profile's wire and layout "
+            "(how a `struct` board is emulated before it exists)."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Config holding --sensor.")
+    ] = None,
 ) -> None:
     """Emulate IMU devices on pseudo-terminals; prints the tty to point a `serial` sensor at."""
+    from edge_agent.commands.control import resolve_config
     from edge_agent.inference.bundle import shipped_recording
     from firmware_bridge.emulator import run_simulator
 
     if synthetic and recording:
         typer.echo("error: choose --recording or --synthetic, not both", err=True)
         raise typer.Exit(EXIT_CONFIG)
+    layout = None
+    if sensor is not None:
+        cfg, _ = resolve_config(config)
+        chosen = next((s for s in cfg.sensors if s.name == sensor), None)
+        if chosen is None:
+            names = ", ".join(s.name for s in cfg.sensors) or "none"
+            typer.echo(f"error: no sensor {sensor!r} in the config ({names})", err=True)
+            raise typer.Exit(EXIT_CONFIG)
+        wire, layout = chosen.profile.protocol, chosen.profile
     source = None if synthetic else (recording or shipped_recording())
     try:
         run_simulator(
@@ -187,6 +210,7 @@ def simulate(
             sys.stdout,
             wire=wire,
             garbage_every=garbage_every,
+            layout=layout,
         )
     except (OSError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)

@@ -8,6 +8,9 @@ USB adapter. The BLE part of the scan is covered with the BlueZ double in test_t
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from firmware_bridge.profiles.recognise import recognise_advertisement, recognis
 from firmware_bridge.profiles.thingy52 import CONFIGURATION_SERVICE_UUID
 from firmware_bridge.profiles.v1 import NUS_SERVICE
 from firmware_bridge.profiles.witmotion_ble import SERVICE_UUID as WITMOTION_BLE_SERVICE
+from tests.test_sensors_cli import cli_env
 
 runner = CliRunner()
 
@@ -124,3 +128,77 @@ def test_init_scan_writes_the_entry_it_found(tmp_path: Path) -> None:
     assert sensor["profile"]["protocol"] == "text"
     config = load_config(path, environ={})
     assert [s.name for s in config.sensors] == ["text-0"]
+
+
+def _simulated(args: list[str], env_path: Path) -> tuple[subprocess.Popen[str], str]:
+    """Start `edge-agent simulate ARGS` as a process; returns it and its first tty."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "simulate", "--synthetic", "--seconds", "20", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(env_path),
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read() if proc.stderr else ""
+    return proc, line.split()[1]
+
+
+def test_simulate_plays_each_new_wire(tmp_path: Path) -> None:
+    """`edge-agent simulate --wire text` is a sketch the scan recognises; `--sensor NAME`
+    plays a configured struct board whose bytes its own profile decodes; `--wire thingy52`
+    sends Thingy records."""
+    from edge_agent.commands.discover import probe_port
+    from firmware_bridge.profiles import open_profile, profile_config
+
+    proc, tty = _simulated(["--wire", "text", "--garbage-every", "20"], tmp_path)
+    try:
+        assert probe_port(tty, 1.0, 115_200)["profile"] == "text"
+    finally:
+        _stop(proc)
+
+    layout = (
+        'profile = { protocol = "struct", sync = "a55a", format = "<H6h", '
+        'fields = ["n", "ax", "ay", "az", "gx", "gy", "gz"], counter = "n", checksum = "crc8", '
+        "rate_hz = 50 }"
+    )
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[[sensors]]\nname = "board"\nlink = "serial"\nport = "/dev/null"\n{layout}\n'
+    )
+    proc, tty = _simulated(["--sensor", "board", "--config", str(config), "--rate", "50"], tmp_path)
+    try:
+        data = _read(tty, 1.0)
+    finally:
+        _stop(proc)
+    profile = open_profile(load_config(config, environ={}).sensors[0].profile, device_id="b")
+    profile.feed(data, 0.0)
+    assert profile.stats.packets_ok >= 20
+    assert profile.stats.crc_errors == 0
+
+    proc, tty = _simulated(["--wire", "thingy52", "--rate", "50"], tmp_path)
+    try:
+        data = _read(tty, 1.0)
+    finally:
+        _stop(proc)
+    thingy = open_profile(profile_config("thingy52", rate_hz=50), device_id="t")
+    thingy.feed(data[: len(data) // 18 * 18], 0.0)
+    assert thingy.stats.packets_ok >= 20
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """End the simulator and close its pipes."""
+    proc.terminate()
+    proc.communicate(timeout=10)
+
+
+def _read(tty: str, seconds: float) -> bytes:
+    import serial
+
+    data = bytearray()
+    with serial.Serial(tty, 115_200, timeout=0.1) as port:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            data += port.read(4096)
+    return bytes(data)

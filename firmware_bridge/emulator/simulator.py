@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from firmware_bridge.emulator.device import DeviceEmulator
 from firmware_bridge.emulator.motion import MotionSource
@@ -29,6 +29,7 @@ def run_simulator(
     *,
     wire: str = "v1",
     garbage_every: int = 0,
+    layout: Any = None,
 ) -> None:
     """Run emulated devices until ``duration_s`` passes or the user presses Ctrl-C.
 
@@ -47,6 +48,7 @@ def run_simulator(
         out: Where the device lines are printed.
         wire: What the devices speak (:data:`~firmware_bridge.emulator.device.WIRES`).
         garbage_every: A ``text`` device also prints a bad line every this many samples.
+        layout: The profile config of a ``struct`` / ``struct-ble`` device.
 
     Raises:
         ValueError: ``devices`` is less than 1.
@@ -75,6 +77,7 @@ def run_simulator(
                 link_path=link_dir / device_id if link_dir is not None else None,
                 wire=wire,
                 garbage_every=garbage_every,
+                layout=layout,
             )
             stack.enter_context(emulator)
             emulators.append(emulator)
