@@ -307,3 +307,13 @@ def test_the_grafana_dashboard_uses_only_metrics_the_daemon_serves(daemon: Daemo
     assert used
     assert used <= served, sorted(used - served)
     assert {"edge_agent_windows_total", "edge_agent_inference_seconds_bucket"} <= used
+
+
+def test_a_metrics_change_is_applied_at_the_next_restart(tmp_path: Path) -> None:
+    """A reload that changes `[metrics]` says a restart is needed (the server keeps serving)."""
+    from edge_agent.service.reload import plan_reload
+
+    old = _config(tmp_path)
+    new = _config(tmp_path, port=9999)
+    plan = plan_reload(old, new, {}, {})
+    assert "metrics" in plan.restart_required

@@ -17,7 +17,7 @@ from edge_agent.inference.bundle import Bundle, find_bundle
 
 # Keys baked into objects built once at start (the store's topic root and path, the
 # socket the CLI finds the daemon at): a reload reports them instead of half-applying.
-RESTART_KEYS = ("device", "storage", "mqtt.topic_prefix", "service.control_socket")
+RESTART_KEYS = ("device", "storage", "mqtt.topic_prefix", "service.control_socket", "metrics")
 
 
 @dataclass
