@@ -228,7 +228,7 @@ def test_ble_notifications_carry_whole_packets() -> None:
     [
         ({"format": "6hB"}, "byte order"),
         ({"format": "<6hs"}, "cannot read"),
-        ({"fields": ["seq", "ax"]}, "fields names 2 values"),
+        ({"fields": ["seq", "ax"]}, "fields has 2 names"),
         ({"counter": "nope"}, "counter"),
         ({"channels": ["ax", "missing"]}, "not one of the fields"),
         ({"sync": None}, "sync is required"),

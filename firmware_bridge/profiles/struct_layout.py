@@ -201,8 +201,8 @@ class Layout:
         values = [c for c in codes if c != "x"]
         if len(config.fields) != len(values):
             raise ValueError(
-                f"fields names {len(config.fields)} values but format {config.format!r} has "
-                f"{len(values)}"
+                f"fields has {len(config.fields)} names but format {config.format!r} has "
+                f"{len(values)} values"
             )
         names = list(config.fields)
         if len(set(names)) != len(names):
