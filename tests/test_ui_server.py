@@ -135,6 +135,11 @@ def test_the_page_never_sees_face_data() -> None:
     assert sanitize(event) == {**event, "detail": {}}
     health = {"type": "health", "status": {"faces": {"templates": 3}, "state": "running"}}
     assert sanitize(health) == {"type": "health", "status": {"state": "running"}}
+    earlier = {"type": "health", "status": {"last_errors": [event]}}
+    assert sanitize(earlier) == {
+        "type": "health",
+        "status": {"last_errors": [{**event, "detail": {}}]},
+    }
     assert sanitize({"type": "face_crop", "jpeg": "..."}) is None
     assert sanitize({"type": "signals", "sensor": "a"}) == {"type": "signals", "sensor": "a"}
 

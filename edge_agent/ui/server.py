@@ -208,6 +208,10 @@ def sanitize(record: dict[str, Any]) -> dict[str, Any] | None:
     if kind == "health":
         status = dict(record.get("status", {}))
         status.pop("faces", None)
+        errors = status.get("last_errors")
+        if isinstance(errors, list):
+            shown = (sanitize(e) for e in errors if isinstance(e, dict))
+            status["last_errors"] = [e for e in shown if e is not None]
         return {**record, "status": status}
     if kind in ("signals", "result", "event", "dropped") or "ok" in record:
         return record
