@@ -43,6 +43,7 @@ from edge_agent.pipeline.summary import SummaryAccumulator
 from edge_agent.registry import CommandRegistry
 from edge_agent.sensors import SensorLinks, load_models, models_health
 from edge_agent.service.hub import ServiceHub
+from edge_agent.service.live import storage_figures
 from edge_agent.service.process import limit_malloc_arenas, rss_mb
 from edge_agent.service.reload import plan_reload, resolve_models
 from edge_agent.service.watchdog import Probe
@@ -157,6 +158,7 @@ class Daemon:
             started_mono=self.started_mono,
             streams=lambda: self.pipeline.streams,
             probation=lambda: self.ota.watching,
+            storage=lambda: storage_figures(self.store.call, self.config.storage.path),
         )
         self.pipeline.on_results = self.service.on_results
         AgentCommands(

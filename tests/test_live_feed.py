@@ -69,6 +69,10 @@ def test_watch_sends_signals_that_advance_results_and_health(
     health = [r for r in records if r.get("type") == "health"]
     assert health
     assert health[-1]["status"]["sensors"]["imu-0"]["state"] == "connected"
+    storage = health[-1]["storage"]
+    assert storage["outbox_oldest_age_s"] >= 0  # nothing reaches a broker on port 1
+    assert 0 < storage["disk_free_bytes"] <= storage["disk_total_bytes"]
+    assert storage["db_bytes"] > 0
     (timing,) = health[-1]["timing"].values()
     assert timing["calls"] >= 1
     assert timing["ms_per_call"] > 0

@@ -163,6 +163,8 @@ def test_the_page_shows_live_signals_and_labels(
     expect(page.get_by_test_id("models")).to_contain_text(next(iter(gateway.daemon.slots)))
     expect(page.get_by_test_id("models")).to_contain_text(" ms")  # its time per call
     expect(page.get_by_test_id("uplink")).to_contain_text("offline")
+    expect(page.get_by_test_id("uplink")).to_contain_text("oldest")  # the outbox's oldest
+    expect(page.get_by_test_id("uplink")).to_contain_text("free of")  # the store's disk
     # The plot's data advances: the newest sample time shown grows.
     page.wait_for_function("() => window.edgeAgentUi.points['imu-0'] > 10", timeout=10_000)
     first = page.evaluate("() => window.edgeAgentUi.lastT['imu-0']")

@@ -79,6 +79,7 @@ class ServiceHub:
         notifier: systemd's notify socket (default: from the environment).
         streams: The pipeline's live streams, for the `watch` feed (None: no `watch`).
         probation: Model versions on probation by bundle path, for the `watch` feed.
+        storage: Awaits the outbox's oldest age and disk figures, for the `watch` feed.
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class ServiceHub:
         notifier: Notifier | None = None,
         streams: Streams | None = None,
         probation: Callable[[], Mapping[Path, object]] | None = None,
+        storage: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.config = config
         self.health = health
@@ -109,7 +111,13 @@ class ServiceHub:
         self.notifier = notifier or Notifier()
         self.tail = TailFanout()
         self.live = (
-            LiveFeed(streams=streams, status=self.status, tail=self.tail, probation=probation)
+            LiveFeed(
+                streams=streams,
+                status=self.status,
+                tail=self.tail,
+                probation=probation,
+                storage=storage,
+            )
             if streams
             else None
         )

@@ -9,9 +9,9 @@ socket and permissions as `status` and `tail`:
   means to at most `points` per second; the first record of a stream carries the last
   `history_s` seconds so a plot fills at once;
 - `{"type": "result", ...}` and `{"type": "event", ...}`: as `tail` sends them;
-- `{"type": "health", "status": {...}, "timing": {...}}`: what `edge-agent status` shows,
-  and per model its version, runtime, probation and mean time per inference call, every
-  `health_s`.
+- `{"type": "health", "status": {...}, "timing": {...}, "storage": {...}}`: what
+  `edge-agent status` shows; per model its version, runtime, probation and mean time per
+  inference call; the outbox's oldest message age and the store's disk; every `health_s`.
 
 Nothing is added to the data path: the rings are read on the loop, between pipeline rounds,
 only while someone watches. A client too slow to keep up loses result and event records
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -32,10 +34,46 @@ import numpy as np
 
 from edge_agent.pipeline.stream import SensorStream
 from edge_agent.service.control import TailFanout
+from edge_agent.store.txn import Op, Txn
 
 Streams = Callable[[], Mapping[tuple[str, int], SensorStream]]
 
 MAX_SENSORS = 64
+STORAGE_TIMEOUT_S = 0.5
+
+
+def oldest_waiting() -> Op[float | None]:
+    """When the oldest message still in the outbox was queued (wall time), or None."""
+
+    def op(txn: Txn) -> float | None:
+        row = txn.conn.execute("SELECT created FROM outbox ORDER BY id LIMIT 1").fetchone()
+        return float(row[0]) if row is not None else None
+
+    return op
+
+
+def _disk(db: Path) -> dict[str, int]:
+    """Free and total bytes of the store's file system, and the database's own size."""
+    try:
+        usage = shutil.disk_usage(db.parent)
+        size = sum(os.stat(f).st_size for f in (db, Path(f"{db}-wal")) if f.exists())
+    except OSError:
+        return {}
+    return {"disk_free_bytes": usage.free, "disk_total_bytes": usage.total, "db_bytes": size}
+
+
+async def storage_figures(
+    call: Callable[[Op[float | None]], Awaitable[float | None]], db: Path
+) -> dict[str, Any]:
+    """The outbox's oldest message age and the disk the store lives on, for the page."""
+    out: dict[str, Any] = {}
+    try:
+        oldest = await asyncio.wait_for(call(oldest_waiting()), STORAGE_TIMEOUT_S)
+        out["outbox_oldest_age_s"] = round(time.time() - oldest, 1) if oldest else 0.0
+    except Exception:  # a busy store must not hold up the page
+        out["outbox_oldest_age_s"] = None
+    out.update(_disk(db))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +151,7 @@ class LiveFeed:
         status: Awaits what `edge-agent status` shows.
         tail: The fan-out that carries result and event records.
         probation: The model versions on probation, by bundle path (OTA's).
+        storage: Awaits the outbox's oldest message age and the disk figures.
         clock: Monotonic time source.
     """
 
@@ -123,10 +162,12 @@ class LiveFeed:
         status: Callable[[], Awaitable[dict[str, Any]]],
         tail: TailFanout,
         probation: Callable[[], Mapping[Path, object]] | None = None,
+        storage: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.streams = streams
         self.probation = probation
+        self.storage = storage
         self.status = status
         self.tail = tail
         self.clock = clock
@@ -172,6 +213,7 @@ class LiveFeed:
                         "ts": round(time.time(), 3),
                         "status": await self.status(),
                         "timing": self._timing(),
+                        "storage": await self.storage() if self.storage is not None else {},
                     }
                 await asyncio.sleep(max(0.0, period - (self.clock() - started)))
         finally:

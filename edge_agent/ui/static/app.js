@@ -100,6 +100,12 @@ function fmtAge(seconds) {
   return `${(seconds / 3600).toFixed(1)} h`;
 }
 
+function fmtBytes(n) {
+  if (n < 1e6) return `${(n / 1e3).toFixed(0)} kB`;
+  if (n < 1e9) return `${(n / 1e6).toFixed(1)} MB`;
+  return `${(n / 1e9).toFixed(1)} GB`;
+}
+
 function setBadge(node, text, kind) {
   node.textContent = text;
   node.className = `badge ${kind}`;
@@ -147,7 +153,8 @@ function onHealth(r) {
   const items = [
     ["MQTT", `${st.mqtt_connected ? "connected" : "offline"} (${mqtt.broker || "?"})`],
     ["published / acked", `${mqtt.published ?? "–"} / ${mqtt.acked ?? "–"}`],
-    ["outbox", `${st.outbox_depth ?? "?"} waiting`],
+    ["outbox", `${st.outbox_depth ?? "?"} waiting${(r.storage || {}).outbox_oldest_age_s ? `, oldest ${fmtAge(r.storage.outbox_oldest_age_s)}` : ""}`],
+    ["disk", r.storage && r.storage.disk_total_bytes ? `${fmtBytes(r.storage.disk_free_bytes)} free of ${fmtBytes(r.storage.disk_total_bytes)} · database ${fmtBytes(r.storage.db_bytes || 0)}` : "–"],
     ["windows stored", `${st.windows_committed}`],
     ["store", `${(store.path || "?").split("/").pop()}${store.disk_full ? " · DISK FULL" : ""}`],
     ["last MQTT error", mqtt.last_error || "–"],
