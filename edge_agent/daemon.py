@@ -256,7 +256,7 @@ class Daemon:
 
     def _new_uplink(self, config: AgentConfig) -> MqttUplink:
         """An MQTT session for `config`, with remote commands attached."""
-        uplink = MqttUplink(config, self.store, emit=self.bus.emit)
+        uplink = MqttUplink(config, self.store, emit=self.bus.emit, inc=self.counters.inc)
         uplink.on_command = lambda conn, msg: self.commands.on_message(conn.client, msg)
         uplink.on_connected = lambda conn: self.commands.on_connected(conn.client)
         return uplink
@@ -305,6 +305,9 @@ class Daemon:
             "published": uplink.stats.published if uplink else 0,
             "acked": uplink.stats.acked if uplink else 0,
             "last_error": uplink.stats.last_error if uplink else None,
+            # Topics the broker refuses (MQTT 5 PUBACK >= 0x80), parked until a probe passes.
+            "refusals": uplink.refused.total if uplink else 0,
+            "refused": uplink.refused.health(time.monotonic()) if uplink else {},
         }
 
     def _store_health(self) -> dict[str, Any]:

@@ -217,6 +217,17 @@ class StoreHealth(_Part):
     )
 
 
+class RefusedTopic(_Part):
+    """A topic whose publishes the broker refuses (MQTT 5 PUBACK reason code >= 0x80)."""
+
+    reason: str = Field(description="The broker's reason, e.g. `Not authorized`.")
+    refusals: int = Field(ge=1, description="Refused publishes of this topic in this episode.")
+    since: float = Field(gt=0, description="When the first refusal came, Unix seconds.")
+    retry_in_s: float = Field(
+        ge=0, description="Seconds until one message is sent again as a probe."
+    )
+
+
 class MqttHealth(_Part):
     """The uplink's counters."""
 
@@ -224,6 +235,18 @@ class MqttHealth(_Part):
     published: int = Field(ge=0, description="Messages published since start.")
     acked: int = Field(ge=0, description="PUBACKs received since start.")
     last_error: str | None = Field(description="The last uplink error; null once connected.")
+    refusals: int = Field(
+        default=0,
+        ge=0,
+        description="Publishes the broker refused since start (MQTT 5 only: a 3.1.1 broker "
+        "acknowledges a publish it drops).",
+    )
+    refused: dict[str, RefusedTopic] = Field(
+        default_factory=dict,
+        description="Topics refused now, by topic: their messages stay in the outbox (left "
+        "only to the disk cap's eviction) and one is retried as a probe with capped backoff; "
+        "empty while the broker accepts everything.",
+    )
 
 
 class GatewayHealth(_Part):

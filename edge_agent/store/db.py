@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -656,8 +656,12 @@ class Store:
 # -- operations used by the daemon -----------------------------------------------------------
 
 
-def fetch_outbox(limit: int, exclude: set[int]) -> Op[list[OutboxRow]]:
+def fetch_outbox(
+    limit: int, exclude: set[int], skip_topics: Collection[str] = ()
+) -> Op[list[OutboxRow]]:
     """Next rows to publish, by priority then age, skipping those already in flight.
+
+    Rows of `skip_topics` (topics the broker refuses for now) are left where they are.
 
     A row that cannot be published (see `store.checks.outbox_problem`) is quarantined and
     the rows behind it are returned in its place.
@@ -665,11 +669,16 @@ def fetch_outbox(limit: int, exclude: set[int]) -> Op[list[OutboxRow]]:
 
     def op(txn: Txn) -> list[OutboxRow]:
         out: list[OutboxRow] = []
+        skip = sorted(skip_topics)
+        where = f"WHERE topic NOT IN ({', '.join('?' * len(skip))}) " if skip else ""
+        query = (
+            "SELECT id, topic, kind, seq, payload, retain, encoding, crc FROM outbox "  # noqa: S608 - placeholders only
+            f"{where}ORDER BY priority, id LIMIT ?"
+        )
         while True:
             rows = txn.conn.execute(
-                "SELECT id, topic, kind, seq, payload, retain, encoding, crc FROM outbox "
-                "ORDER BY priority, id LIMIT ?",
-                (limit + len(exclude),),
+                query,
+                (*skip, limit + len(exclude)),
             ).fetchall()
             poisoned = []
             out = []

@@ -35,6 +35,7 @@ from edge_agent.events import Emit
 from edge_agent.store.checks import parse_count
 from edge_agent.store.db import OutboxRow, Store, Txn, delete_outbox, dumps, fetch_outbox
 from edge_agent.store.meta import get_json
+from edge_agent.sync.refused import RefusedTopics
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class _Connection:
         self.connack: asyncio.Future[ReasonCode] = loop.create_future()
         self.closed = asyncio.Event()
         self.inflight: dict[int, int] = {}
+        self.topics: dict[int, str] = {}  # mid -> topic of the in-flight outbox rows
         self.drained = asyncio.Event()
         self._misc: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
@@ -250,15 +252,16 @@ class _Connection:
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
         row_id = self.inflight.pop(mid, None)
+        topic = self.topics.pop(mid, "")
         if not self.inflight:
             self.drained.set()
         if row_id is None or row_id < 0:
             return
         if reason.is_failure:
-            # The broker refused it (quota, authorisation): keep it for the next connection.
-            self.uplink.note_error(f"broker refused a publish: {reason}")
+            # The broker refused it (ACL, quota): the row stays, its topic is parked.
+            self.uplink.refused_publish(topic, str(reason))
             return
-        self.uplink.acked(row_id)
+        self.uplink.acked(row_id, topic)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         handler = self.uplink.on_command
@@ -295,9 +298,12 @@ class MqttUplink:
         *,
         on_state: Callable[[bool], None] | None = None,
         emit: Emit | None = None,
+        inc: Callable[..., None] | None = None,
     ) -> None:
         self.config = config
         self.emit = emit
+        self.inc = inc
+        self.refused = RefusedTopics(config.mqtt.reconnect_min_s, config.mqtt.reconnect_max_s)
         self.store = store
         self.stats = UplinkStats()
         self.backoff = Backoff(config.mqtt.reconnect_min_s, config.mqtt.reconnect_max_s)
@@ -327,8 +333,20 @@ class MqttUplink:
             log.warning("mqtt: %s", message)
         self.stats.last_error = message
 
-    def acked(self, row_id: int) -> None:
+    def refused_publish(self, topic: str, reason: str) -> None:
+        """A PUBACK refused an outbox row: park its topic, count, announce a new episode."""
+        kind = topic.rsplit("/", 1)[-1]
+        if self.inc is not None:
+            self.inc("mqtt_publish_refused", kind=kind)
+        if self.refused.refused(topic, reason, time.monotonic()):
+            self.note_error(f"broker refuses publishes to {topic}: {reason}; kept in the outbox")
+            if self.emit is not None:
+                self.emit("uplink.refused", "warning", topic=topic, reason=reason)
+
+    def acked(self, row_id: int, topic: str = "") -> None:
         """A PUBACK arrived for an outbox row."""
+        if self.refused.accepted(topic):
+            log.info("mqtt: the broker accepts publishes to %s again", topic)
         self.stats.acked += 1
         self._acks.append(row_id)
         self._deleting.add(row_id)
@@ -445,6 +463,8 @@ class MqttUplink:
                         "in the outbox and sent once it is reachable"
                     )
             finally:
+                for row_id in conn.inflight.values():
+                    self.refused.lost(row_id)
                 if connected:
                     self._set_connected(False, why)
                 conn.close()
@@ -485,15 +505,18 @@ class MqttUplink:
             self.idle.clear()
             if len(pending) < window:
                 exclude = set(conn.inflight.values()) | self._deleting | queued
-                for row in await self.store.call(fetch_outbox(PREFETCH, exclude)):
+                held = self.refused.held(time.monotonic())
+                for row in await self.store.call(fetch_outbox(PREFETCH, exclude, held)):
                     pending.append(row)
                     queued.add(row.id)
             while pending and len(conn.inflight) < window and not conn.closed.is_set():
+                row = pending.popleft()
+                queued.discard(row.id)
+                if not self.refused.may_send(row.topic, row.id, time.monotonic()):
+                    continue  # its topic is refused: the row waits in the outbox
                 wait = self.bucket.take(loop.time())
                 if wait > 0:
                     await asyncio.sleep(wait)
-                row = pending.popleft()
-                queued.discard(row.id)
                 properties = None
                 if row.encoding and conn.v5:
                     properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -507,6 +530,7 @@ class MqttUplink:
                     queued.add(row.id)
                     break
                 conn.inflight[info.mid] = row.id
+                conn.topics[info.mid] = row.topic
                 conn.drained.clear()
                 self.stats.published += 1
             if not pending and not conn.inflight and not self._acks:
