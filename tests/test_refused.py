@@ -111,7 +111,7 @@ def test_refused_topic_is_parked_not_hot_looped_and_leaves_once_allowed(tmp_path
                 broker.allow(ALLOW_ALL)
                 await until(lambda: len(sub.of("results")) == 20, 15, "results after the ACL")
                 await until(lambda: not uplink.refused.parked, 5, "the topic released")
-                await until(lambda: uplink.idle.is_set(), 5, "the drain idle")
+                await until(uplink.idle.is_set, 5, "the drain idle")
                 assert await store.call(outbox_depth()) == 0
                 seqs = sorted(m.payload["seq"] for m in sub.of("results"))
                 assert seqs == list(range(1, 21))
