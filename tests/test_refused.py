@@ -95,9 +95,7 @@ def test_refused_topic_is_parked_not_hot_looped_and_leaves_once_allowed(tmp_path
                 await asyncio.sleep(0)  # let a PUBACK read in the same pass be counted
                 assert uplink.refused.total <= 20 + elapsed / 0.5 + 2
                 assert counts["mqtt_publish_refused"] == uplink.refused.total
-                await until(
-                    lambda: broker.denials() >= uplink.refused.total, 5, "the broker's log"
-                )
+                await until(lambda: broker.denials() >= uplink.refused.total, 5, "the broker's log")
                 assert broker.denials() == uplink.refused.total
                 assert await store.call(outbox_depth()) == 20  # kept, not dropped
                 refused = [e for e in events if e[0] == "uplink.refused"]
