@@ -115,7 +115,11 @@ class MqttConfig(Section):
         pattern=r"^[^#+\x00]+$",
         description="First topic level; topics are <prefix>/<tenant>/<site>/<device>/<kind>.",
     )
-    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version.")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        default="auto",
+        description="MQTT protocol version: `auto` (MQTT 5, falling back to 3.1.1 when the "
+        "broker refuses the version; remembered per broker), `5` or `3.1.1`.",
+    )
     client_id: str | None = Field(
         default=None,
         max_length=256,
@@ -174,8 +178,8 @@ class MqttConfig(Section):
             raise ValueError("require_tls is set but tls is false: set mqtt.tls = true")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("mutual TLS needs both cert_file and key_file")
-        if self.compress_results and self.protocol != "5":
-            raise ValueError("compress_results needs MQTT 5 (protocol = '5')")
+        if self.compress_results and self.protocol == "3.1.1":
+            raise ValueError("compress_results needs MQTT 5 (protocol = '5' or 'auto')")
         return self
 
     def secret(self) -> str | None:

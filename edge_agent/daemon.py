@@ -305,6 +305,8 @@ class Daemon:
             "published": uplink.stats.published if uplink else 0,
             "acked": uplink.stats.acked if uplink else 0,
             "last_error": uplink.stats.last_error if uplink else None,
+            "protocol": uplink.stats.protocol if uplink else None,
+            "protocol_fallback": uplink.stats.protocol_fallback if uplink else False,
             # Topics the broker refuses (MQTT 5 PUBACK >= 0x80), parked until a probe passes.
             "refusals": uplink.refused.total if uplink else 0,
             "refused": uplink.refused.health(time.monotonic()) if uplink else {},

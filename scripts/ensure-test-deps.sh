@@ -3,7 +3,8 @@
 # (the BlueZ double), systemd-analyze (unit verification), openssl (test CAs), and
 # Debian's python3-systemd (the libsystemd notify path), promtool (Debian's prometheus: the
 # /metrics exposition is checked with it) and Debian's chromium (the `edge-agent ui` page is
-# tested in it through Playwright, which never downloads a browser of its own).
+# tested in it through Playwright, which never downloads a browser of its own), and
+# nats-server (its MQTT listener refuses MQTT 5: the protocol fallback is tested on it).
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
@@ -13,6 +14,7 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -e /usr/lib/python3/dist-packages/systemd/daemon.py ] || need+=(python3-systemd)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing test dependencies: ${need[*]}" >&2
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

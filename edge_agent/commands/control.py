@@ -127,13 +127,26 @@ def render_status(st: dict[str, Any]) -> str:
         f"topics {device['topic_root']}/...",
     ]
     if mqtt["connected"]:
-        broker = f"connected since {_clock(mqtt['connected_since'])}"
+        version = mqtt.get("protocol")
+        via = f"with MQTT {version} " if version else ""
+        if mqtt.get("protocol_fallback"):
+            via += "(it refused MQTT 5) "
+        broker = f"connected {via}since {_clock(mqtt['connected_since'])}"
     else:
         broker = "NOT connected" + (f": {mqtt['last_error']}" if mqtt["last_error"] else "")
     lines.append(
         f"broker     {mqtt['broker']} {broker}; published {mqtt['published']}, "
         f"acked {mqtt['acked']}"
     )
+    refused = mqtt.get("refused") or {}
+    if refused:
+        lines.append(
+            "refused    "
+            + "; ".join(
+                f"{topic}: {r['reason']} x{r['refusals']}, kept, next try in {r['retry_in_s']:g} s"
+                for topic, r in sorted(refused.items())
+            )
+        )
     depth = st["outbox_depth"]
     lines.append(
         f"store      {st['windows_committed']} windows stored this run, outbox "

@@ -235,6 +235,15 @@ class MqttHealth(_Part):
     published: int = Field(ge=0, description="Messages published since start.")
     acked: int = Field(ge=0, description="PUBACKs received since start.")
     last_error: str | None = Field(description="The last uplink error; null once connected.")
+    protocol: Literal["5", "3.1.1"] | None = Field(
+        default=None,
+        description="MQTT version of the current (or last) session; null before the first.",
+    )
+    protocol_fallback: bool = Field(
+        default=False,
+        description='`mqtt.protocol = "auto"` runs 3.1.1 because this broker refused MQTT 5 '
+        "(remembered per broker; what degrades: docs/mqtt.md).",
+    )
     refusals: int = Field(
         default=0,
         ge=0,

@@ -375,24 +375,28 @@ def check_tls(
     return Check("tls", "pass", summary)
 
 
-def check_broker(config: AgentConfig, *, timeout: float = 5.0) -> Check:
-    """The broker accepts an MQTT connection with the configured credentials."""
+@dataclass
+class _Attempt:
+    """What one MQTT CONNECT got: a CONNACK's reason, or the connection closed without one."""
+
+    reason: Any = None  # the CONNACK's reason code; None when none came
+    closed: bool = False
+
+    @property
+    def version_refused(self) -> bool:
+        if self.reason is not None:
+            return getattr(self.reason, "value", None) == 0x84  # Unsupported protocol version
+        return self.closed
+
+
+def _mqtt_attempt(config: AgentConfig, version: str, timeout: float) -> Check | _Attempt:
+    """One CONNECT with `version` and the configured credentials and TLS."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
     cfg = config.mqtt
     where = f"{cfg.host}:{cfg.port}"
-    try:
-        socket.create_connection((cfg.host, cfg.port), timeout=timeout).close()
-    except OSError as err:
-        return Check(
-            "broker",
-            "fail",
-            f"cannot reach {where}: {err}",
-            "check mqtt.host / mqtt.port, the network and the firewall; the daemon keeps "
-            "everything in its outbox meanwhile",
-        )
-    protocol = MQTTProtocolVersion.MQTTv5 if cfg.protocol == "5" else MQTTProtocolVersion.MQTTv311
+    protocol = MQTTProtocolVersion.MQTTv5 if version == "5" else MQTTProtocolVersion.MQTTv311
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=f"{config.client_id}-doctor-{os.getpid()}",
@@ -412,39 +416,99 @@ def check_broker(config: AgentConfig, *, timeout: float = 5.0) -> Check:
             keyfile=str(tls.key_file) if tls.key_file else None,
         )
     answered = threading.Event()
-    reason: list[Any] = []
+    attempt = _Attempt()
 
     def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        reason.append(rc)
+        attempt.reason = rc
+        answered.set()
+
+    def on_disconnect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if attempt.reason is None:
+            attempt.closed = True
         answered.set()
 
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     try:
         client.connect(cfg.host, cfg.port, keepalive=10)
         client.loop_start()
-        got = answered.wait(timeout)
+        answered.wait(timeout)
     except (OSError, ssl.SSLError, ValueError) as err:
         return Check("broker", "fail", f"MQTT connect to {where} failed: {err}", "check the broker")
     finally:
         client.disconnect()
         client.loop_stop()
-    if not got:
+    return attempt
+
+
+def _why(attempt: _Attempt) -> str:
+    return "closed without a CONNACK" if attempt.reason is None else str(attempt.reason)
+
+
+def check_broker(config: AgentConfig, *, timeout: float = 5.0) -> Check:
+    """The broker accepts an MQTT connection with the configured credentials and version.
+
+    With `mqtt.protocol = "auto"` a broker that refuses MQTT 5 is asked for 3.1.1, as the
+    daemon does; a fixed version it refuses gets the setting that would work as the fix.
+    """
+    cfg = config.mqtt
+    where = f"{cfg.host}:{cfg.port}"
+    try:
+        socket.create_connection((cfg.host, cfg.port), timeout=timeout).close()
+    except OSError as err:
+        return Check(
+            "broker",
+            "fail",
+            f"cannot reach {where}: {err}",
+            "check mqtt.host / mqtt.port, the network and the firewall; the daemon keeps "
+            "everything in its outbox meanwhile",
+        )
+    version = "3.1.1" if cfg.protocol == "3.1.1" else "5"
+    attempt = _mqtt_attempt(config, version, timeout)
+    if isinstance(attempt, Check):
+        return attempt
+    fell_back = ""
+    if attempt.version_refused and cfg.protocol == "auto":
+        first = attempt
+        second = _mqtt_attempt(config, "3.1.1", timeout)
+        if isinstance(second, Check):
+            return second
+        if second.version_refused:
+            return Check(
+                "broker",
+                "fail",
+                f"{where} refused MQTT 5 ({_why(first)}) and 3.1.1 ({_why(second)})",
+                "is mqtt.port the broker's MQTT listener?",
+            )
+        version, attempt = "3.1.1", second
+        fell_back = (
+            f' (it refused MQTT 5: {_why(first)}; mqtt.protocol = "auto" uses 3.1.1 with it, '
+            "see docs/mqtt.md for what degrades)"
+        )
+    elif attempt.version_refused:
+        other = "3.1.1" if version == "5" else "5"
+        return Check(
+            "broker",
+            "fail",
+            f"{where} refused MQTT {version}: {_why(attempt)}",
+            f'set mqtt.protocol = "{other}" (or "auto")',
+        )
+    if attempt.reason is None:
         return Check(
             "broker",
             "fail",
             f"{where} accepts TCP but sent no CONNACK within {timeout:.0f} s",
             "is it an MQTT port? (TLS ports need TLS configured)",
         )
-    rc = reason[0]
-    if getattr(rc, "is_failure", False):
+    if getattr(attempt.reason, "is_failure", False):
         return Check(
             "broker",
             "fail",
-            f"{where} refused the connection: {rc}",
+            f"{where} refused the connection: {attempt.reason}",
             "check mqtt.username and the password (EDGE_AGENT_MQTT__PASSWORD) and the "
             "broker's ACL for this client",
         )
-    return Check("broker", "pass", f"{where} accepted an MQTT {cfg.protocol} connection")
+    return Check("broker", "pass", f"{where} accepted an MQTT {version} connection{fell_back}")
 
 
 def check_transport(config: AgentConfig, *, timeout: float = 5.0) -> Check:

@@ -42,6 +42,20 @@ log = logging.getLogger(__name__)
 # Outbox rows read ahead of the in-flight window per store round trip.
 PREFETCH = 256
 
+# CONNACK reason "Unsupported protocol version" (MQTT 5 0x84; 3.1.1's return code 1, which
+# paho reports with the same code).
+UNSUPPORTED_PROTOCOL = 0x84
+
+
+def protocol_key(host: str, port: int) -> str:
+    """The meta key remembering that the broker at host:port refused MQTT 5."""
+    return f"mqtt_protocol:{host}:{port}"
+
+
+def _check_protocol(saved: dict[str, Any]) -> None:
+    if saved["protocol"] != "3.1.1":
+        raise ValueError(f"protocol is {saved['protocol']!r}, not '3.1.1'")
+
 
 def _set_meta(txn: Txn, key: str, value: Any) -> None:
     txn.conn.execute(
@@ -69,6 +83,8 @@ class UplinkStats:
     acked: int = 0
     last_error: str | None = None
     connected_since: float | None = None
+    protocol: str | None = None  # of the current (or last) session: "5" or "3.1.1"
+    protocol_fallback: bool = False  # mqtt.protocol = "auto" fell back to 3.1.1
 
 
 class Backoff:
@@ -135,13 +151,14 @@ class _TrackingContext(ssl.SSLContext):
 class _Connection:
     """One paho client bound to the event loop for the life of one TCP connection."""
 
-    def __init__(self, uplink: MqttUplink, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, uplink: MqttUplink, loop: asyncio.AbstractEventLoop, version: str) -> None:
         self.uplink = uplink
         self.loop = loop
         cfg = uplink.config.mqtt
-        protocol = (
-            MQTTProtocolVersion.MQTTv5 if cfg.protocol == "5" else MQTTProtocolVersion.MQTTv311
-        )
+        protocol = MQTTProtocolVersion.MQTTv5 if version == "5" else MQTTProtocolVersion.MQTTv311
+        self.version = version
+        # The CONNACK's reason, None while none came (a disconnect also settles `connack`).
+        self.connack_reason: ReasonCode | None = None
         self.v5 = protocol == MQTTProtocolVersion.MQTTv5
         kwargs: dict[str, Any] = {}
         if not self.v5:
@@ -237,8 +254,16 @@ class _Connection:
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
+        self.connack_reason = reason
         if not self.connack.done():
             self.connack.set_result(reason)
+
+    def version_refused(self) -> bool:
+        """The broker refused this protocol version: a CONNACK saying so, or (after our
+        CONNECT went out) closing the connection without any CONNACK."""
+        if self.connack_reason is not None:
+            return bool(self.connack_reason.value == UNSUPPORTED_PROTOCOL)
+        return self.closed.is_set()
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
@@ -320,6 +345,9 @@ class MqttUplink:
         self._conn: _Connection | None = None
         self._will: tuple[int, str] | None = None
         self.status_topic = f"{config.topic_root}/status"
+        self.where = f"{config.mqtt.host}:{config.mqtt.port}"
+        self._trial = False  # trying 3.1.1 after MQTT 5 was refused (auto)
+        self._refusal: str | None = None  # the broker's answer to MQTT 5, while trying 3.1.1
 
     # -- called by the daemon ----------------------------------------------------------------
 
@@ -403,15 +431,78 @@ class MqttUplink:
 
         await self.store.call(op)
 
+    # -- protocol negotiation -------------------------------------------------------------
+
+    async def _first_protocol(self) -> str:
+        """The version to try first: the fixed setting, or for `auto` MQTT 5 unless this
+        broker refused it before (remembered in the store's meta table)."""
+        setting = self.config.mqtt.protocol
+        if setting != "auto":
+            return setting
+        key = protocol_key(self.config.mqtt.host, self.config.mqtt.port)
+        saved = await self.store.call(lambda txn: get_json(txn, key, _check_protocol))
+        if saved is None:
+            return "5"
+        self.stats.protocol_fallback = True
+        log.info(
+            "mqtt: using MQTT 3.1.1 with %s, which refused MQTT 5 before (%s)",
+            self.where,
+            saved.get("reason", "unsupported protocol version"),
+        )
+        return "3.1.1"
+
+    async def _accepted_protocol(self, version: str) -> None:
+        """A CONNACK accepted `version`: remember a fallback, forget it when 5 is accepted."""
+        self.stats.protocol = version
+        key = protocol_key(self.config.mqtt.host, self.config.mqtt.port)
+        if self._trial:
+            self._trial = False
+            self.stats.protocol_fallback = True
+            reason = self._refusal or "unsupported protocol version"
+            log.warning(
+                "mqtt: %s refused MQTT 5 (%s) and accepted 3.1.1: using 3.1.1 with it from "
+                "now on (remembered; features needing MQTT 5 degrade, see docs/mqtt.md)",
+                self.where,
+                reason,
+            )
+            value = {"protocol": "3.1.1", "reason": reason, "at": round(time.time(), 3)}
+            await self.store.call(lambda txn: _set_meta(txn, key, value))
+        elif version == "5":
+            self.stats.protocol_fallback = False
+            await self.store.call(
+                lambda txn: txn.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            )
+
+    def _version_refused(self, version: str, why: str) -> tuple[str, bool]:
+        """The broker refused `version`: the version to try next, and whether at once."""
+        setting = self.config.mqtt.protocol
+        if setting == "auto" and version == "5" and not self._trial:
+            self._trial, self._refusal = True, why
+            log.debug("mqtt: %s refused MQTT 5 (%s); trying MQTT 3.1.1", self.where, why)
+            return "3.1.1", True
+        if setting == "auto":
+            # 3.1.1 failed as well (or a remembered 3.1.1 is refused now): start over with 5.
+            self.note_error(f"broker {self.where} refused MQTT 5 and 3.1.1 ({why})")
+            self._trial = False
+            self.stats.protocol_fallback = False
+            return ("5" if version == "3.1.1" else "3.1.1"), False
+        other = "3.1.1" if setting == "5" else "5"
+        self.note_error(
+            f"broker {self.where} refused MQTT {setting} ({why}): "
+            f'set mqtt.protocol = "{other}" (or "auto")'
+        )
+        return setting, False
+
     async def run(self) -> None:
         """Connect, drain, reconnect forever (until cancelled or `stop()`)."""
         loop = asyncio.get_running_loop()
         cfg = self.config.mqtt
+        version = await self._first_protocol()
         while True:
             if self._stop_ev.is_set():
                 break
             online_seq, online_id, will_seq, will_id = await self._allocate_status()
-            conn = _Connection(self, loop)
+            conn = _Connection(self, loop, version)
             self._conn = conn
             conn.client.will_set(
                 self.status_topic,
@@ -421,17 +512,20 @@ class MqttUplink:
             )
             self._will = (will_seq, will_id)
             connected = False
+            sent = False
             why = "stopped"
             try:
                 await asyncio.wait_for(
                     asyncio.to_thread(conn.client.connect, cfg.host, cfg.port, cfg.keepalive_s),
                     timeout=15,
                 )
+                sent = True
                 reason = await asyncio.wait_for(asyncio.shield(conn.connack), timeout=15)
                 if reason.is_failure:
                     # Never treat a refused CONNACK as a connection.
                     raise ConnectionRefusedError(f"broker refused the connection: {reason}")
                 connected = True
+                await self._accepted_protocol(version)
                 # Birth first: the will registered with CONNECT must never be the only state
                 # a consumer sees for this connection.
                 conn.client.publish(
@@ -454,7 +548,9 @@ class MqttUplink:
                 if not isinstance(err, OSError | TimeoutError | ConnectionError):
                     raise  # a bug: the supervisor reports it and starts the session again
                 what = why
-                if connected:
+                if sent and not connected and conn.version_refused():
+                    self.stats.connect_failures += 1  # reported by _version_refused below
+                elif connected:
                     self.note_error(f"connection to {cfg.host}:{cfg.port} lost: {what}")
                 else:
                     self.stats.connect_failures += 1
@@ -471,6 +567,15 @@ class MqttUplink:
                 self._conn = None
             if self._stop_ev.is_set():
                 break
+            if sent and not connected and conn.version_refused():
+                reason_code = conn.connack_reason
+                why = str(reason_code) if reason_code is not None else "closed without a CONNACK"
+                version, at_once = self._version_refused(version, why)
+                if at_once:
+                    continue
+            elif not connected and self._trial:
+                self._trial = False  # 3.1.1 failed for another reason: next time 5 again
+                version = "5"
             delay = self.backoff.next_delay()
             log.debug("mqtt: reconnecting in %.2f s", delay)
             with contextlib.suppress(TimeoutError):
@@ -485,7 +590,9 @@ class MqttUplink:
             log.info("mqtt: connected to %s:%d", cfg.host, cfg.port)
             self.stats.last_error = None
             if self.emit is not None:
-                self.emit("mqtt.connected", host=cfg.host, port=cfg.port, protocol=cfg.protocol)
+                self.emit(
+                    "mqtt.connected", host=cfg.host, port=cfg.port, protocol=self.stats.protocol
+                )
         else:
             self.stats.connected_since = None
             if self.emit is not None and not self._stop_ev.is_set():  # not a clean stop
