@@ -22,6 +22,7 @@ from edge_agent.service.control import request
 from edge_agent.service.doctor import check_broker
 from edge_agent.store.db import Store, enqueue
 from edge_agent.sync.mqtt import MqttUplink, protocol_key
+from edge_agent.sync.refused import RefusedTopics
 from tests.broker import Mosquitto, collector, wait_for
 from tests.daemon_proc import start_daemon, stop_daemon, write_config
 from tests.nats import Nats
@@ -212,4 +213,9 @@ def test_daemon_on_nats_shows_the_fallback_in_heartbeat_and_status(
     assert st["mqtt"]["protocol"] == "3.1.1"
     assert st["mqtt"]["protocol_fallback"] is True
     assert "connected with MQTT 3.1.1 (it refused MQTT 5) since" in render_status(st)
+    # The page lists refused topics (the section the uplink's RefusedTopics fills).
+    parked = RefusedTopics(1.0, 2.0)
+    parked.refused("edge/t1/s1/gw-nats/results", "Not authorized", time.monotonic())
+    page = render_status({**st, "mqtt": {**st["mqtt"], "refused": parked.health(time.monotonic())}})
+    assert "refused    edge/t1/s1/gw-nats/results: Not authorized x1, kept, next try in" in page
     assert log.read_text().count("refused MQTT 5") == 1  # logged once
