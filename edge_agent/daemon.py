@@ -15,21 +15,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
-from edge_agent.config_guard import ConfigGuard, GuardFiles, Startup, read_config
-from edge_agent.errors import ConfigError, EdgeAgentError, StoreError
+from edge_agent.config_guard import ConfigGuard, GuardFiles, Startup
+from edge_agent.embed import serving_in_thread
+from edge_agent.errors import BundleError, EdgeAgentError
 from edge_agent.events import Event, EventBus, count_listener, log_listener
 from edge_agent.health import HealthBoard
+from edge_agent.health_providers import (
+    HeartbeatBody,
+    mqtt_health,
+    pipeline_health,
+    sample_counts,
+    store_health,
+)
 from edge_agent.inference.bundle import Bundle, shipped_models_dir
 from edge_agent.inference.runtime import Runtime
 from edge_agent.metrics import Counters
@@ -41,11 +47,12 @@ from edge_agent.pipeline.results import ResultBatch
 from edge_agent.pipeline.stream import ModelSlot, SensorStream
 from edge_agent.pipeline.summary import SummaryAccumulator
 from edge_agent.registry import CommandRegistry
+from edge_agent.reloader import Reloader
 from edge_agent.sensors import SensorLinks, load_models, models_health
 from edge_agent.service.hub import ServiceHub
 from edge_agent.service.live import storage_figures
-from edge_agent.service.process import limit_malloc_arenas, rss_mb
-from edge_agent.service.reload import plan_reload, resolve_models
+from edge_agent.service.process import limit_malloc_arenas
+from edge_agent.service.reload import resolve_models
 from edge_agent.service.watchdog import Probe
 from edge_agent.store.db import Store, outbox_depth, record_event
 from edge_agent.supervise import Backoff, Supervisor
@@ -57,9 +64,9 @@ if TYPE_CHECKING:
     from edge_agent.faces.pipeline import FacePipeline
     from edge_agent.monitor.server import MetricsServer
 
-log = logging.getLogger("edge_agent")
+__all__ = ["Daemon", "run_daemon", "serving_in_thread"]
 
-D = TypeVar("D", bound="Daemon")
+log = logging.getLogger("edge_agent")
 
 SWITCH_INTERVAL_S = 0.0005
 """GIL switch interval while the daemon runs (CPython's default is 5 ms)."""
@@ -97,7 +104,6 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self._startup = startup or Startup(config, b"")
-        self._reload_from: Path | None = None  # the good copy, when the file is read-only
         self.handle_signals = handle_signals
         self.started_mono = time.monotonic()
         self.ready = asyncio.Event()
@@ -153,7 +159,7 @@ class Daemon:
             ],
             state=lambda: self.state,
             outbox_depth=lambda: self.store.call(outbox_depth()),
-            sample_counts=self._sample_counts,
+            sample_counts=lambda: sample_counts(self.pipeline.streams),
             config_source=self._config_source,
             started_mono=self.started_mono,
             streams=lambda: self.pipeline.streams,
@@ -177,7 +183,8 @@ class Daemon:
             self._config, call, notify, self.pipeline.summaries, self.pipeline.dropped_windows
         )
         self.retention = Retention(self._config, call, notify)
-        self.heartbeat = Heartbeat(self._config, call, self._heartbeat_body, notify)
+        body = HeartbeatBody(call, self.health, self.started_mono, lambda: self.windows_committed)
+        self.heartbeat = Heartbeat(self._config, call, body, notify)
         self.silence = SilenceMonitor(lambda: self.config.sensors, self.pipeline.streams, emit)
         # Reverts a broker change that never connects; keeps the last known good config.
         self.config_guard = (
@@ -190,18 +197,46 @@ class Daemon:
             if config_path is not None
             else None
         )
-        self._wire_events()
-        self._wire_health()
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._reload_lock = asyncio.Lock()
+        self.reloader = Reloader(
+            config=self._config,
+            set_config=self._set_config,
+            config_path=config_path,
+            source=self._config_source,
+            emit=emit,
+            pipeline=self.pipeline,
+            sensors=self.sensors,
+            resolve=self._resolve_models,
+            load_models=self._load_models,
+            serving=lambda: self._tasks is not None,
+            spawn=self._spawn,
+            cancel=self._cancel,
+            start_periodic=self._start_periodic,
+            close_interval=lambda: self.summary_closer.close(final=False),
+            uplink=lambda: self.uplink,
+            new_uplink=self._new_uplink,
+            guard=self.config_guard,
+            stopped=self._stop.is_set,
+            set_state=self._set_state,
+            reloading=self.service.reloading,
+            reloaded=self.service.reloaded,
+        )
+        self._wire_events()
+        self._wire_health()
 
     # -- wiring --------------------------------------------------------------------------------
 
     def _config(self) -> AgentConfig:
         return self.config
+
+    def _set_config(self, config: AgentConfig) -> None:
+        self.config = config
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
 
     def _config_source(self) -> str:
         return str(self.config_path) if self.config_path else "embedded default"
@@ -232,17 +267,9 @@ class Daemon:
         board = self.health
         board.provide("sensors", self.sensor_health)
         board.provide("models", lambda: models_health(self.pipeline))
-        board.provide(
-            "pipeline",
-            lambda: {
-                "windows_committed": self.pipeline.stats.windows_committed,
-                "batches": self.pipeline.stats.batches_done,
-                "frames_set_aside": self.pipeline.stats.frames_set_aside,
-                "model_failures": self.pipeline.stats.model_failures,
-            },
-        )
-        board.provide("mqtt", self._mqtt_health)
-        board.provide("store", self._store_health)
+        board.provide("pipeline", lambda: pipeline_health(self.pipeline))
+        board.provide("mqtt", lambda: mqtt_health(self.uplink))
+        board.provide("store", lambda: store_health(self.store, self.retention.dropped))
         board.provide("components", self.supervisor.health)
         board.provide("counters", self.counters.snapshot)
         if self.config_guard is not None:
@@ -255,10 +282,11 @@ class Daemon:
                 loop.call_soon_threadsafe(uplink.notify)
 
     def _new_uplink(self, config: AgentConfig) -> MqttUplink:
-        """An MQTT session for `config`, with remote commands attached."""
+        """The MQTT session for `config`, with remote commands attached; now the current one."""
         uplink = MqttUplink(config, self.store, emit=self.bus.emit, inc=self.counters.inc)
         uplink.on_command = lambda conn, msg: self.commands.on_message(conn.client, msg)
         uplink.on_connected = lambda conn: self.commands.on_connected(conn.client)
+        self.uplink = uplink
         return uplink
 
     # -- what tests, benchmarks and the CLI read -----------------------------------------------
@@ -297,59 +325,6 @@ class Daemon:
         """Per-sensor state for heartbeats and `status`."""
         return self.sensors.health()
 
-    def _mqtt_health(self) -> dict[str, Any]:
-        uplink = self.uplink
-        return {
-            "connected": bool(uplink and uplink.stats.connected),
-            "connected_since": uplink.stats.connected_since if uplink else None,
-            "published": uplink.stats.published if uplink else 0,
-            "acked": uplink.stats.acked if uplink else 0,
-            "last_error": uplink.stats.last_error if uplink else None,
-            "protocol": uplink.stats.protocol if uplink else None,
-            "protocol_fallback": uplink.stats.protocol_fallback if uplink else False,
-            # Topics the broker refuses (MQTT 5 PUBACK >= 0x80), parked until a probe passes.
-            "refusals": uplink.refused.total if uplink else 0,
-            "refused": uplink.refused.health(time.monotonic()) if uplink else {},
-        }
-
-    def _store_health(self) -> dict[str, Any]:
-        store = self.store
-        return {
-            "commits": store.stats.commits,
-            "pending": store.pending(),
-            "failed_commits": store.stats.failed_commits,
-            "last_error": store.stats.last_error,
-            "disk_full": store.disk_full,
-            "quarantined": store.stats.quarantined,
-            "dropped": self.retention.dropped,
-        }
-
-    def _sample_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for (name, _), stream in self.pipeline.streams.items():
-            counts[name] = counts.get(name, 0) + stream.stats.samples
-        return counts
-
-    async def _heartbeat_body(self) -> dict[str, Any]:
-        depth = await self.store.call(outbox_depth())
-        times = os.times()
-        snap = self.health.snapshot("sensors", "store", "mqtt", "components", "config_guard")
-        return {
-            "version": __version__,
-            "uptime_s": round(time.monotonic() - self.started_mono, 1),
-            "cpu_s": round(times.user + times.system, 3),
-            "rss_mb": round(rss_mb(), 1),
-            "sensors": snap["sensors"],
-            "windows_committed": self.windows_committed,
-            "outbox_depth": depth,
-            "store": {k: v for k, v in snap["store"].items() if k != "pending"},
-            "mqtt": {k: v for k, v in snap["mqtt"].items() if k != "connected_since"},
-            "health": {"state": snap["state"], "degraded": snap["degraded"]},
-            # Only the parts that failed: the heartbeat stays small while all is well.
-            "components": {n: c for n, c in snap["components"].items() if c["restarts"]},
-            "config_guard": snap.get("config_guard"),
-        }
-
     async def _flush(self) -> int:
         await self.results.pack()
         self._notify_uplink()
@@ -374,109 +349,29 @@ class Daemon:
         """Re-read the config and apply it between two pipeline rounds; returns what changed."""
         return await self.pipeline.request_reload()
 
-    async def _revert_to(self, path: Path) -> dict[str, Any]:
-        """The config guard's way back: reload from `path` (the file, or the good copy)."""
-        self._reload_from = path if path != self.config_path else None
-        return await self.reload()
-
     async def swap_model(self, name: str, bundle: Bundle, runtime: Runtime) -> ModelSwap:
         """Make a loaded model serve every bare reference to `name` (see `Pipeline.swap`)."""
         return await self.pipeline.swap(name, bundle, runtime)
 
     # -- sensors and models --------------------------------------------------------------------
 
+    async def _reload_now(self) -> dict[str, Any]:
+        return await self.reloader.reload_now()
+
+    async def _revert_to(self, path: Path) -> dict[str, Any]:
+        """The config guard's way back: reload from `path` (the file, or the good copy)."""
+        self.reloader.revert_to(path)
+        return await self.reload()
+
+    def _resolve_models(self, config: AgentConfig) -> dict[str, Bundle | BundleError]:
+        search = [*config.models.dirs, shipped_models_dir()]
+        return self.ota.resolve_refs(resolve_models(config, shipped_models_dir()), search)
+
     def _load_models(self, sensors: list[str] | None = None) -> None:
         search = [*self.config.models.dirs, shipped_models_dir()]
         load_models(
             self.config, self.pipeline, self.ota.find_bundle, search, self.bus.emit, sensors
         )
-
-    # -- reload (on the pipeline task, between two rounds) -------------------------------------
-
-    async def _reload_now(self) -> dict[str, Any]:
-        if self._stop.is_set():
-            return {"ok": False, "error": "the daemon is stopping; reload not applied"}
-        async with self._reload_lock:
-            self.state = "reloading"
-            self.service.reloading()
-            try:
-                outcome = await self._apply_reload(self._config_source())
-            finally:
-                self.state = "running"
-            self.service.reloaded(outcome)
-        return outcome
-
-    async def _apply_reload(self, source: str) -> dict[str, Any]:
-        path, self._reload_from = self._reload_from or self.config_path, None
-        try:
-            new, raw = await asyncio.to_thread(read_config, path)
-        except ConfigError as err:
-            self.bus.emit("agent.reload_failed", "error", config=source, reason=str(err))
-            return {"ok": False, "config": source, "error": str(err)}
-        old = self.config
-        slots = self.pipeline.slots
-        loaded = {ref: slot.bundle for ref, slot in slots.items()}
-        resolved = await asyncio.to_thread(resolve_models, new, shipped_models_dir())
-        resolved = await asyncio.to_thread(
-            self.ota.resolve_refs, resolved, [*new.models.dirs, shipped_models_dir()]
-        )
-        plan = plan_reload(old, new, loaded, resolved)
-        # Keys built into the store and the socket keep their running values until a restart.
-        new = new.model_copy(
-            update={
-                "device": old.device,
-                "storage": old.storage,
-                "mqtt": new.mqtt.model_copy(update={"topic_prefix": old.mqtt.topic_prefix}),
-                "service": new.service.model_copy(
-                    update={"control_socket": old.service.control_socket}
-                ),
-            }
-        )
-        restart = [*plan.removed, *plan.changed]
-        await asyncio.gather(*(self.sensors.stop(name) for name in restart))
-        previous_slots = dict(slots)
-        for ref in plan.models_changed:
-            slots.pop(ref, None)
-        self.config = new
-        for name in plan.removed:
-            self.pipeline.sensor_models.pop(name, None)
-        await asyncio.to_thread(self._load_models, [*plan.added, *plan.changed])
-        in_use = {ref for s in new.sensors if s.enabled for ref in s.models}
-        for ref in [r for r in slots if r not in in_use]:
-            del slots[ref]
-        for slot in previous_slots.values():
-            if all(slot is not kept for kept in slots.values()):
-                slot.runtime.close()
-        self.pipeline.revive_models()  # a model disabled at run time gets another chance
-        for name in [*plan.changed, *plan.added]:
-            self.sensors.start(name)
-        for name, change in [
-            *((n, "removed") for n in plan.removed),
-            *((n, "restarted") for n in plan.changed),
-            *((n, "added") for n in plan.added),
-        ]:
-            self.bus.emit("sensor.reconfigured", sensor=name, change=change)
-        if plan.logging_changed:
-            logging.getLogger().setLevel(new.logging.level)
-        if plan.sync_changed and self._tasks is not None:
-            await self._cancel("heartbeat", "results", "summaries")
-            await self.summary_closer.close(final=False)
-            self._start_periodic("heartbeat", "results", "summaries")
-        if plan.mqtt_changed and self._tasks is not None and self.uplink is not None:
-            await self.uplink.stop(timeout=3.0)
-            await self._cancel("mqtt")
-            self.uplink = self._new_uplink(new)
-            self._spawn("mqtt", self.uplink.run)
-        if self.config_guard is not None and raw:
-            self.config_guard.reloaded(new, raw, broker_changed=plan.mqtt_changed)
-        summary = plan.summary()
-        self.bus.emit("agent.reloaded", config=source, **summary)
-        if plan.restart_required:
-            log.warning(
-                "reload: %s changed; restart the service to apply (running values kept)",
-                ", ".join(plan.restart_required),
-            )
-        return {"ok": True, "config": source, **summary}
 
     # -- supervised tasks ----------------------------------------------------------------------
 
@@ -529,7 +424,7 @@ class Daemon:
             await asyncio.to_thread(self.ota.open)  # the persisted active versions first
             await asyncio.to_thread(self._load_models)
             await self._start_faces()
-            self.uplink = self._new_uplink(self.config)
+            self._new_uplink(self.config)
             self.bus.emit(
                 "agent.started",
                 version=__version__,
@@ -607,11 +502,11 @@ class Daemon:
         # Not supervised: a store that cannot persist anything ends the process (exit 1),
         # and systemd's restart is the right answer (see docs/architecture.md).
         self._running["store-watch"] = self._tasks.create_task(
-            self._watch_store(), name="store-watch"
+            self.store.watch_writer(STORE_CHECK_S), name="store-watch"
         )
         await self._stop.wait()
         await self.ota.close()  # no swap is queued after this
-        async with self._reload_lock:  # a reload in progress finishes first
+        async with self.reloader.lock:  # a reload in progress finishes first
             self.state = "stopping"
         self.service.stopping()
         log.info("stopping: closing sensors, flushing results")
@@ -628,7 +523,7 @@ class Daemon:
         self.bus.emit(
             "agent.stopped",
             uptime_s=round(time.monotonic() - self.started_mono, 1),
-            samples=self._sample_counts(),
+            samples=sample_counts(self.pipeline.streams),
         )
         if self.config_guard is not None:
             self.config_guard.stopped_cleanly()
@@ -637,16 +532,6 @@ class Daemon:
         await self.uplink.stop(timeout=3.0)
         await self._cancel("mqtt", "commands", "control", "store-watch")
         await self.commands.close()
-
-    async def _watch_store(self) -> None:
-        """Raise StoreError (ending `run()`) once the store's writer is gone."""
-        while True:
-            await asyncio.sleep(STORE_CHECK_S)
-            if not self.store.writer_alive():
-                raise StoreError(
-                    f"{self.store.path}: the store's writer stopped; nothing can be persisted, "
-                    "exiting so the service manager restarts the agent"
-                )
 
     async def _close(self) -> None:
         if self.config_guard is not None:
@@ -661,45 +546,6 @@ class Daemon:
         self.pipeline.close()
         await asyncio.to_thread(self.store.close)
         self.bus.bind(None)
-
-
-@contextlib.contextmanager
-def serving_in_thread(
-    daemon: D,
-    *,
-    until: Callable[[D], object],
-    timeout: float = 30.0,
-    runner: Callable[[Coroutine[Any, Any, None]], object] = asyncio.run,
-) -> Iterator[D]:
-    """Run `daemon` on a thread of this process (benchmarks and tests embed it this way).
-
-    Yields once `until(daemon)` is true; stops the daemon cleanly on exit. A failure of
-    the daemon, or `until` not being met within `timeout`, raises RuntimeError.
-    """
-    failure: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            runner(daemon.run())
-        except BaseException as err:  # reported to the caller
-            failure.append(err)
-
-    thread = threading.Thread(target=serve, name="daemon")
-    thread.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while not failure and not until(daemon):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the daemon was not ready within {timeout:g} s")
-            time.sleep(0.002)
-        if failure:
-            raise RuntimeError(f"daemon failed: {failure[0]!r}") from failure[0]
-        yield daemon
-    finally:
-        daemon.request_stop()
-        thread.join(60)
-    if failure:
-        raise RuntimeError(f"daemon failed: {failure[0]!r}") from failure[0]
 
 
 def run_daemon(

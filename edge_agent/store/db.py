@@ -266,6 +266,20 @@ class Store:
         thread = self._thread
         return thread is not None and thread.is_alive()
 
+    async def watch_writer(self, interval_s: float) -> None:
+        """Raise StoreError once the writer thread is gone (checked every `interval_s`).
+
+        Nothing can be persisted then; the composition root lets this end the process so
+        the service manager restarts the agent.
+        """
+        while True:
+            await asyncio.sleep(interval_s)
+            if not self.writer_alive():
+                raise StoreError(
+                    f"{self.path}: the store's writer stopped; nothing can be persisted, "
+                    "exiting so the service manager restarts the agent"
+                )
+
     @property
     def disk_full(self) -> bool:
         """Whether the disk (or the page cap) is full: from the first failed write until
