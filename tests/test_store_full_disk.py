@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,55 @@ def test_full_disk_evicts_in_order_reports_once_and_recovers(
     events = [b for k, b in bodies if k == "events" and b["event"] == "sensor.lost"]
     assert sorted(b["seq"] for b in events) == kept[:5]
     assert any(k == "events" and b["event"] == "outbox.evicted" for k, b in bodies)
+
+
+def test_a_burst_committed_at_once_cannot_leave_a_log_too_big_to_checkpoint(
+    tmp_path: Path, record_property: Any
+) -> None:
+    """The writer is held while a burst of several megabytes queues up (as when the
+    producer outruns it on a loaded machine), then released into a nearly full disk. One
+    transaction must never add more to the file than the reserve can lend its checkpoint:
+    otherwise the log holds committed pages no checkpoint can place, no delete fits, and
+    the store stays full for good. Every write is committed in order and the store
+    recovers. The writer is held by an operation waiting on an event (no fake)."""
+    mnt = tmp_path / "mnt"
+    with small_filesystem(mnt, 12) as mounted:
+        record_property("boundary", "tmpfs ENOSPC" if mounted else "PRAGMA max_page_count")
+        store = Store(
+            mnt / "burst.db",
+            device_id="gw",
+            topic_root="r",
+            retry_delay_s=0.01,
+            reserve_bytes=RESERVE,
+            max_bytes=None if mounted else 8 * 1024 * 1024,
+        )
+        store.open()
+        try:
+            for i in range(600):  # about 5 MB: the burst below cannot fit beside it
+                store.submit(enqueue("results", {"i": i, "p": PAD})).result(10)
+            gate = threading.Event()
+
+            def held(txn: Any) -> int:
+                gate.wait(10)
+                return 0
+
+            blocker = store.submit(held)
+            futures = [
+                store.submit(enqueue("results", {"i": 600 + i, "p": PAD})) for i in range(1000)
+            ]
+            gate.set()
+            assert blocker.result(10) == 0
+            futures += [
+                store.submit(enqueue("results", {"i": 1600 + i, "p": PAD})) for i in range(1200)
+            ]
+            seqs = [f.result(30) for f in futures]
+            assert seqs == list(range(601, 601 + len(futures)))
+            store.submit(enqueue("heartbeat", {"after": True})).result(30)
+            wait_for(lambda: not store.disk_full, 20, "the store to recover")
+        finally:
+            store.close()
+        assert store.space.reserve.held
+        assert store.stats.evicted_when_full > 0
 
 
 def test_a_store_opened_on_a_full_disk_starts_degraded_and_recovers_when_space_is_back(

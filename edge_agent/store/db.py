@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -198,6 +199,10 @@ class Store:
         self.seq_cache: dict[str, int] = {}
         self.stats = StoreStats()
         self._eviction_logged = 0
+        # Set from the database at open (`_prepare`): page size, and how much one
+        # transaction may add to the file before the rest waits for the next one.
+        self._page_size = 4096
+        self._growth_cap = WAL_AUTOCHECKPOINT_PAGES * self._page_size
         self._queue: queue.SimpleQueue[_Item[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -328,6 +333,11 @@ class Store:
             pages = max(16, min(pages, self.space.reserve.size // page_size // 2))
         conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
         conn.execute(f"PRAGMA journal_size_limit={pages * page_size}")
+        # The same bound on what one transaction may add to the file: a checkpoint has to
+        # grow the file by that much, so what the log holds must fit in the reserve even
+        # when one big batch was committed (see `_growth`).
+        self._growth_cap = pages * page_size
+        self._page_size = page_size
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -422,7 +432,7 @@ class Store:
                         self.space.shortfall()
                 chunk = backlog[:limit]
                 try:
-                    committed = self._commit(conn, chunk)
+                    done = self._commit(conn, chunk) if self._log_fits(conn) else None
                 except Exception as err:  # a bug, not an I/O error: never kill the writer
                     log.exception("store: unexpected error; failing %d operations", len(chunk))
                     with contextlib.suppress(sqlite3.Error):
@@ -430,9 +440,9 @@ class Store:
                     for item in chunk:
                         if not item.future.done():
                             item.future.set_exception(err)
-                    committed = True
-                if committed:
-                    backlog = backlog[len(chunk) :]
+                    done = len(chunk)
+                if done is not None:
+                    backlog = backlog[done:]
                     limit = min(MAX_BATCH, limit * 2)
                     failures = 0
                 else:
@@ -458,8 +468,13 @@ class Store:
                 conn.execute("PRAGMA optimize")
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, items: list[_Item[Any]]) -> bool:
-        """Run `items` in one transaction. Returns False when the commit failed and must retry."""
+    def _commit(self, conn: sqlite3.Connection, items: list[_Item[Any]]) -> int | None:
+        """Run the first of `items` in one transaction.
+
+        Returns how many were handled (committed or failed alone), from the front; the
+        transaction ends early once it has grown the file by `_growth_cap` (the rest waits
+        for the next one). None when the commit failed and must be retried.
+        """
         started = time.perf_counter()
         txn = Txn(self, conn)
         results: list[tuple[_Item[Any], Any]] = []
@@ -467,8 +482,12 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as err:
             self._note_failure(err)
-            return False
+            return None
+        handled = 0
         for item in items:
+            if handled and self._growth(conn) > self._growth_cap:
+                break  # the checkpoint of this transaction must fit in the reserve
+            handled += 1
             # A caller that gave up (a cancelled await) cancels its future; once marked
             # running it can no longer be cancelled, so set_result below cannot fail.
             future = item.future
@@ -489,7 +508,7 @@ class Store:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 self._note_failure(err)
-                return False
+                return None
             except Exception as err:
                 self._fail_op(conn, txn, item, err, quarantined)
         try:
@@ -498,7 +517,7 @@ class Store:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             self._note_failure(err)
-            return False
+            return None
         self.seq_cache.update(txn.pending_seq)
         self.stats.commits += 1
         self.stats.ops += len(results)
@@ -518,7 +537,41 @@ class Store:
                 except Exception:
                     log.exception("store: on_commit hook failed")
             item.future.set_result(value)
-        return True
+        return handled
+
+    def _growth(self, conn: sqlite3.Connection) -> int:
+        """Bytes the next complete checkpoint has to add to the database file."""
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        try:
+            size = os.path.getsize(self.path)
+        except OSError:
+            return 0
+        return max(0, pages * self._page_size - size)
+
+    def _log_fits(self, conn: sqlite3.Connection) -> bool:
+        """Whether the log's pending checkpoint still fits in the reserve's room.
+
+        After a checkpoint failed for want of room (the disk filled under committed
+        writes), writing more would add to what the file has to grow by, until even the
+        released reserve cannot take it and nothing, eviction included, can be written:
+        a full disk that never recovers. So such a state counts as a full disk at once.
+        """
+        if self._growth(conn) <= self._growth_cap:
+            return True
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as err:
+            if not is_full(err):
+                self._note_failure(err)
+                return False
+            full: sqlite3.Error = err
+        else:
+            if self._growth(conn) <= self._growth_cap:
+                return True
+            full = sqlite3.OperationalError("database or disk is full (checkpoint)")
+            full.sqlite_errorcode = sqlite3.SQLITE_FULL
+        self._note_failure(full)
+        return False
 
     def _fail_op(
         self, conn: sqlite3.Connection, txn: Txn, item: _Item[Any], err: Exception, mark: int
