@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -39,8 +39,60 @@ def wait_for(
         time.sleep(interval)
 
 
+class ServerProcess:
+    """A server process started from a config file, logging to a file, stopped by SIGTERM.
+
+    Subclasses say how to start it (`start`); this holds the process, waits until its
+    port accepts connections (failing with its log if it exits first) and stops it.
+    """
+
+    proc: subprocess.Popen[bytes] | None
+    log: Path
+
+    def launch(self, argv: list[str], log: Path, port: int, what: str, timeout: float) -> None:
+        """Start `argv` with its output in `log`; return once `port` accepts connections."""
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=out)
+        wait_for(lambda: self.accepting(port, what), timeout, f"{what} on port {port}")
+
+    def accepting(self, port: int, what: str) -> bool:
+        """Whether `port` accepts a connection; raises with the log if the server exited."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {self.log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
 @dataclass
-class Mosquitto:
+class Mosquitto(ServerProcess):
     """A real mosquitto process on a free loopback port."""
 
     workdir: Path
@@ -49,7 +101,6 @@ class Mosquitto:
     persistence: bool = False
 
     def start(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = self.workdir / f"mosquitto-{self.port}.conf"
         # As root, mosquitto would drop to its own user and lose access to the test's files.
         user = "user root\n" if os.geteuid() == 0 else ""
@@ -63,37 +114,12 @@ class Mosquitto:
             f"{user}per_listener_settings false\nallow_anonymous true\n{persist}"
             f"listener {self.port} 127.0.0.1\n{getattr(self, '_extra', '')}"
         )
-        self.log = self.workdir / f"mosquitto-{self.port}.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=out)
-        wait_for(self._accepting, 10, f"mosquitto on port {self.port}")
+        self.start_with(conf)
 
-    def _accepting(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited: {self.log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-        except OSError:
-            return False
-        return True
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> Mosquitto:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def start_with(self, conf: Path, what: str = "mosquitto") -> None:
+        """Start mosquitto on `conf` (which must listen on `self.port`)."""
+        log = self.workdir / f"{conf.stem}.log"
+        self.launch([MOSQUITTO, "-c", str(conf)], log, self.port, what, 10)
 
 
 @dataclass

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.broker import free_port, wait_for
+from tests.broker import ServerProcess, free_port
 
 
 @dataclass
-class Nats:
+class Nats(ServerProcess):
     """A real nats-server on free loopback ports: `port` (NATS) and `mqtt_port` (MQTT)."""
 
     workdir: Path
@@ -29,34 +28,5 @@ class Nats:
             f'jetstream {{ store_dir: "{self.workdir}/js-{self.port}" }}\n'
             f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n"
         )
-        self.log = self.workdir / f"nats-{self.port}.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=out)
-        wait_for(self._accepting, 15, f"nats-server MQTT on port {self.mqtt_port}")
-
-    def _accepting(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"nats-server exited: {self.log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", self.mqtt_port), timeout=0.2).close()
-        except OSError:
-            return False
-        return True
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> Nats:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        log = self.workdir / f"nats-{self.port}.log"
+        self.launch([binary, "-c", str(conf)], log, self.mqtt_port, "nats-server MQTT", 15)

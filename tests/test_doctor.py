@@ -37,7 +37,7 @@ from edge_agent.service.doctor import (
     worst,
 )
 from edge_agent.store.db import Store, enqueue
-from tests.broker import Mosquitto, free_port, wait_for
+from tests.broker import Mosquitto, free_port
 from tests.daemon_proc import cli, write_config
 
 
@@ -249,11 +249,7 @@ def _tls_broker(pki: Path, name: str) -> Mosquitto:
         f"{stay}listener {b.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
         f"cafile {pki / 'ca.crt'}\ncertfile {pki / f'{name}.crt'}\nkeyfile {pki / f'{name}.key'}\n"
     )
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    b.log = pki / f"tls-{name}.log"
-    with b.log.open("wb") as out:
-        b.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=out)
-    wait_for(b._accepting, 10, f"TLS mosquitto on {b.port}")
+    b.start_with(conf, "TLS mosquitto")
     return b
 
 
