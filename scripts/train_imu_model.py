@@ -668,11 +668,12 @@ def main(argv: list[str] | None = None) -> int:
         "litert-fp32": litert_dir / "model_fp32.tflite",
         "litert-int8": litert_dir / "model_int8.tflite",
     }
-    onnx.save(export.onnx_classifier(model, NAME, doc), paths["onnx-fp32"])
-    export.quantize_onnx(paths["onnx-fp32"], paths["onnx-int8"], data.train_windows)
-    calibration = export.calibrate_mlp(model, data.train_windows)
-    paths["litert-fp32"].write_bytes(export.tflite_classifier(model, doc))
-    paths["litert-int8"].write_bytes(export.tflite_classifier(model, doc, calibration))
+    export.write_onnx_pair(
+        model, NAME, doc, paths["onnx-fp32"], paths["onnx-int8"], data.train_windows
+    )
+    export.write_tflite_pair(
+        model, doc, paths["litert-fp32"], paths["litert-int8"], data.train_windows
+    )
     predictors = {
         key: (onnx_predictor if key.startswith("onnx") else litert_predictor)(path)
         for key, path in paths.items()

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from numpy.typing import NDArray
 from sklearn.linear_model import RidgeClassifier
 from training_common import (
@@ -312,11 +311,10 @@ def export_all(
         "onnx-fp32": onnx_dir / "model_fp32.onnx",
         "onnx-int8": onnx_dir / "model_int8.onnx",
     }
-    onnx.save(export.onnx_classifier(model, ONNX_NAME, doc), paths["onnx-fp32"])
-    export.quantize_onnx(paths["onnx-fp32"], paths["onnx-int8"], calibration)
-    paths["litert-fp32"].write_bytes(export.tflite_classifier(model, doc))
-    ranges = export.calibrate_mlp(model, calibration)
-    paths["litert-int8"].write_bytes(export.tflite_classifier(model, doc, ranges))
+    export.write_onnx_pair(
+        model, ONNX_NAME, doc, paths["onnx-fp32"], paths["onnx-int8"], calibration
+    )
+    export.write_tflite_pair(model, doc, paths["litert-fp32"], paths["litert-int8"], calibration)
     return paths
 
 

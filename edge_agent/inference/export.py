@@ -784,3 +784,19 @@ def tflite_classifier(
     soft.beta = 1.0
     probs = g.op(_OP.SOFTMAX, [h], [g.tensor(OUTPUT_NAME, [n_labels])], _OPT.SoftmaxOptions, soft)
     return g.finish([x], [probs])
+
+
+def write_onnx_pair(
+    model: Classifier, name: str, doc: str, fp32: Path, int8: Path, calibration: F32
+) -> None:
+    """The classifier as fp32 ONNX and its int8 QDQ twin, calibrated on `calibration`."""
+    onnx.save(onnx_classifier(model, name, doc), fp32)
+    quantize_onnx(fp32, int8, calibration)
+
+
+def write_tflite_pair(
+    model: Classifier, doc: str, fp32: Path, int8: Path, calibration: F32
+) -> None:
+    """The classifier as fp32 TFLite and its int8 twin, calibrated on `calibration`."""
+    fp32.write_bytes(tflite_classifier(model, doc))
+    int8.write_bytes(tflite_classifier(model, doc, calibrate_mlp(model, calibration)))

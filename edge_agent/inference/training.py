@@ -472,7 +472,6 @@ def _export(
     test: Windows | None,
 ) -> tuple[dict[str, str], float, float | None]:
     """Write fp32 and int8 files; returns the files, int8 agreement and int8 accuracy."""
-    import onnx
 
     from edge_agent.inference import export
     from edge_agent.inference.runtime import open_runtime
@@ -480,13 +479,14 @@ def _export(
     doc = f"{name} {version}: windows [N,{train_x.shape[1]},{train_x.shape[2]}] -> probabilities"
     if runtime == "onnx":
         files = {"fp32": "model_fp32.onnx", "int8": "model_int8.onnx"}
-        onnx.save(export.onnx_classifier(model, name, doc), target / files["fp32"])
-        export.quantize_onnx(target / files["fp32"], target / files["int8"], train_x)
+        export.write_onnx_pair(
+            model, name, doc, target / files["fp32"], target / files["int8"], train_x
+        )
     else:
         files = {"fp32": "model_fp32.tflite", "int8": "model_int8.tflite"}
-        (target / files["fp32"]).write_bytes(export.tflite_classifier(model, doc))
-        ranges = export.calibrate_mlp(model, train_x)
-        (target / files["int8"]).write_bytes(export.tflite_classifier(model, doc, ranges))
+        export.write_tflite_pair(
+            model, doc, target / files["fp32"], target / files["int8"], train_x
+        )
     provisional: dict[str, Any] = {
         "format": 1,
         "name": name,
