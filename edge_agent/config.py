@@ -21,6 +21,8 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -41,6 +43,7 @@ from edge_agent.config_sources import (
 )
 from edge_agent.config_types import FilePath, Host, Section
 from edge_agent.errors import ConfigError, ConfigIssue
+from edge_agent.sync.hosts import MAX_HOSTS, Node, parse_node
 from firmware_bridge.profiles import available_profiles
 
 __all__ = [
@@ -107,7 +110,19 @@ class MqttConfig(Section):
         max_length=253,
         description="Broker host name or address; not empty, no spaces.",
     )
-    port: int = Field(default=1883, ge=1, le=65535, description="Broker TCP port.")
+    port: int = Field(
+        default=1883,
+        ge=1,
+        le=65535,
+        description="Broker TCP port (also of every `hosts` entry that names no port).",
+    )
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="Broker cluster nodes, tried in turn when a connection fails or is lost "
+        f"(see docs/mqtt.md, Failover): up to {MAX_HOSTS} distinct `host`, `host:port` or "
+        "`[v6addr]:port` entries (or one comma-separated string). Empty: `host` and `port` "
+        "alone.",
+    )
     topic_prefix: str = Field(
         default="edge",
         min_length=1,
@@ -172,6 +187,35 @@ class MqttConfig(Section):
         "property content-encoding=zlib).",
     )
 
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _hosts_text(cls, value: Any) -> Any:
+        # One string (an environment variable, `config set`) lists the nodes with commas.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts_sense(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if len(value) > MAX_HOSTS:
+            raise ValueError(f"{len(value)} entries; at most {MAX_HOSTS} broker nodes")
+        port = info.data.get("port", 1883)
+        seen: dict[Node, int] = {}
+        for i, text in enumerate(value):
+            try:
+                node = parse_node(text, port)
+            except ValueError as err:
+                raise ValueError(f"entry {i}: {err}") from None
+            key = Node(node.host.lower(), node.port)
+            if key in seen:
+                raise ValueError(
+                    f"entry {i} ({text!r}) is the same node as entry {seen[key]} "
+                    f"({value[seen[key]]!r}); list each node once"
+                )
+            seen[key] = i
+        return value
+
     @model_validator(mode="after")
     def _tls_consistent(self) -> MqttConfig:
         if self.require_tls and not self.tls:
@@ -181,6 +225,24 @@ class MqttConfig(Section):
         if self.compress_results and self.protocol == "3.1.1":
             raise ValueError("compress_results needs MQTT 5 (protocol = '5' or 'auto')")
         return self
+
+    @model_validator(mode="after")
+    def _one_host_setting(self) -> MqttConfig:
+        # With a list, `host` is unused: one that is not in the list is a mistake to name.
+        if self.hosts and "host" in self.model_fields_set:
+            nodes = {Node(n.host.lower(), n.port) for n in self.nodes()}
+            if Node(self.host.lower(), self.port) not in nodes:
+                raise ValueError(
+                    f"host {self.host!r} is not in hosts: with hosts set, host is not used; "
+                    "remove it or add it to hosts"
+                )
+        return self
+
+    def nodes(self) -> list[Node]:
+        """The broker nodes to use, in order: `hosts`, or `host:port` when it is empty."""
+        if not self.hosts:
+            return [Node(self.host, self.port)]
+        return [parse_node(text, self.port) for text in self.hosts]
 
     def secret(self) -> str | None:
         """The password, from `password_file` or `password`; never logged."""
