@@ -4,7 +4,12 @@
 # Debian's python3-systemd (the libsystemd notify path), promtool (Debian's prometheus: the
 # /metrics exposition is checked with it) and Debian's chromium (the `edge-agent ui` page is
 # tested in it through Playwright, which never downloads a browser of its own), and
-# nats-server (its MQTT listener refuses MQTT 5: the protocol fallback is tested on it).
+# nats-server (its MQTT listener refuses MQTT 5: the protocol fallback is tested on it),
+# rabbitmq-server (3.10's MQTT plugin closes an MQTT 5 CONNECT unanswered: the fallback is
+# tested on a private node of it). That node keeps its Erlang cookie in its own HOME (a
+# temporary directory) and registers with epmd on 127.0.0.1:4369, which Erlang starts
+# when none runs and leaves running; the Debian package also starts a system node on
+# 5672/25672, which the tests never use.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
@@ -15,6 +20,7 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing test dependencies: ${need[*]}" >&2
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -1,4 +1,5 @@
-"""Suite-wide hygiene: a test that leaves a daemon process or a thread running fails."""
+"""Suite-wide hygiene (a test that leaves a daemon process or a thread running fails) and
+the session's private RabbitMQ node, started by the first test that asks for it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+
+from tests.rabbitmq import RabbitMQ
 
 
 def _daemons() -> list[psutil.Process]:
@@ -64,3 +67,10 @@ def no_leaked_link_threads() -> Iterator[None]:
         time.sleep(0.05)
     if leaked:
         pytest.fail(f"test left threads running: {leaked}")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    """One private RabbitMQ node with its MQTT plugin for the session (a start takes ~10 s)."""
+    with RabbitMQ(tmp_path_factory.mktemp("rabbitmq")) as node:
+        yield node
