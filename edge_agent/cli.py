@@ -54,7 +54,11 @@ def run(config: ConfigOption = None) -> None:
 
 @config_app.command("validate")
 def config_validate(path: Annotated[Path, typer.Argument(help="Config file to check.")]) -> None:
-    """Check a config file; print every error with its key path (exit 2 when invalid)."""
+    """Check a config file; print every error with its key path (exit 2 when invalid).
+
+    Values a broker refuses (docs/brokers.md) are errors when `mqtt.broker` names it,
+    warnings naming the broker otherwise.
+    """
     try:
         cfg = load_config(path)
     except ConfigError as err:
@@ -65,6 +69,21 @@ def config_validate(path: Annotated[Path, typer.Argument(help="Config file to ch
         for issue in err.issues:
             typer.echo(f"  {issue}", err=True)
         raise typer.Exit(EXIT_CONFIG) from err
+    from edge_agent.brokers import BROKER_NAMES, broker_quirks
+
+    quirks = broker_quirks(cfg)
+    broker = cfg.mqtt.broker
+    if quirks and broker != "generic":
+        typer.echo(
+            f"{path}: {len(quirks)} value(s) {BROKER_NAMES[broker]} refuses or mangles "
+            f'(mqtt.broker = "{broker}"; docs/brokers.md)',
+            err=True,
+        )
+        for quirk in quirks:
+            typer.echo(f"  {quirk.describe()}", err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    for quirk in quirks:
+        typer.echo(f"warning: {quirk.describe()}", err=True)
     typer.echo(f"{path}: ok ({len(cfg.sensors)} sensor(s), topics under {cfg.topic_root}/)")
 
 

@@ -49,6 +49,7 @@ from firmware_bridge.profiles import available_profiles
 __all__ = [
     "AgentConfig",
     "BleSensorConfig",
+    "BrokerKind",
     "CommandsConfig",
     "DeviceConfig",
     "EmulatedSensorConfig",
@@ -102,6 +103,20 @@ class DeviceConfig(Section):
     )
 
 
+BrokerKind = Literal[
+    "generic",
+    "mosquitto",
+    "nats",
+    "rabbitmq",
+    "emqx",
+    "hivemq",
+    "vernemq",
+    "aws-iot-core",
+    "azure-iot-hub",
+]
+"""The brokers whose rules `edge_agent.brokers` knows (`mqtt.broker`)."""
+
+
 class MqttConfig(Section):
     """Connection to the MQTT broker that carries telemetry to the cloud."""
 
@@ -134,6 +149,13 @@ class MqttConfig(Section):
         default="auto",
         description="MQTT protocol version: `auto` (MQTT 5, falling back to 3.1.1 when the "
         "broker refuses the version; remembered per broker), `5` or `3.1.1`.",
+    )
+    broker: BrokerKind = Field(
+        default="generic",
+        description="The broker this gateway talks to, when known: `config validate` then fails "
+        "on values it refuses (a '.' in an id for NATS, long topics for AWS IoT Core; see "
+        "docs/brokers.md) and the daemon warns at start. `generic`: such values are warnings "
+        "naming the broker.",
     )
     client_id: str | None = Field(
         default=None,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
+from edge_agent.brokers import broker_quirks
 from edge_agent.config import AgentConfig
 from edge_agent.config_guard import ConfigGuard, GuardFiles, Startup
 from edge_agent.embed import serving_in_thread
@@ -425,6 +426,9 @@ class Daemon:
             await asyncio.to_thread(self._load_models)
             await self._start_faces()
             self._new_uplink(self.config)
+            if self.config.mqtt.broker != "generic":  # a known broker: say once what it refuses
+                for quirk in broker_quirks(self.config):
+                    log.warning("mqtt: %s (docs/brokers.md)", quirk.describe())
             self.bus.emit(
                 "agent.started",
                 version=__version__,

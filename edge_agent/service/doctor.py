@@ -511,6 +511,27 @@ def check_broker(config: AgentConfig, *, timeout: float = 5.0) -> Check:
     return Check("broker", "pass", f"{where} accepted an MQTT {version} connection{fell_back}")
 
 
+def check_broker_quirks(config: AgentConfig) -> Check:
+    """The ids, topics and sizes fit what the configured broker accepts (docs/brokers.md):
+    a failure when `mqtt.broker` names a broker that refuses them, a warning naming the
+    brokers that would when it is "generic"."""
+    from edge_agent.brokers import BROKER_NAMES, broker_quirks
+
+    quirks = broker_quirks(config)
+    broker = config.mqtt.broker
+    if not quirks:
+        if broker == "generic":
+            return Check("compat", "pass", "ids, topics and sizes fit every broker known here")
+        return Check("compat", "pass", f"ids, topics and sizes fit {BROKER_NAMES[broker]}")
+    summary = "; ".join(
+        f"{q.broker_name} refuses or mangles {q.setting}: {q.short or q.problem}" for q in quirks
+    )
+    fix = " | ".join(dict.fromkeys(f"for {q.broker_name}: use {q.fix}" for q in quirks))
+    if broker == "generic":
+        return Check("compat", "warn", summary, fix + " (or set mqtt.broker to yours)")
+    return Check("compat", "fail", summary, fix)
+
+
 def check_transport(config: AgentConfig, *, timeout: float = 5.0) -> Check:
     """TLS certificate health when TLS is configured; a warning for plaintext to a remote host."""
     tls = tls_settings(config)
@@ -722,6 +743,7 @@ def run_checks(
         check_serial(config, who),
         check_bluetooth(config, sysfs=sysfs),
         check_broker(config, timeout=timeout),
+        check_broker_quirks(config),
         check_transport(config, timeout=timeout),
         check_clock(),
         check_disk(config.storage.path),

@@ -30,6 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_agent.brokers import refusal_hint
 from edge_agent.config import AgentConfig
 from edge_agent.events import Emit
 from edge_agent.store.checks import parse_count
@@ -355,8 +356,11 @@ class MqttUplink:
         """New rows are in the outbox."""
         self.wake.set()
 
-    def note_error(self, message: str) -> None:
-        """Remember an error; logged in full only when it changes."""
+    def note_error(self, message: str, *, hint: bool = True) -> None:
+        """Remember an error; logged in full only when it changes. A configured value that
+        makes a broker refuse or drop connections is named with it (`refusal_hint`)."""
+        if hint and (why := refusal_hint(self.config)):
+            message = f"{message} ({why})"
         if message != self.stats.last_error:
             log.warning("mqtt: %s", message)
         self.stats.last_error = message
@@ -367,7 +371,9 @@ class MqttUplink:
         if self.inc is not None:
             self.inc("mqtt_publish_refused", kind=kind)
         if self.refused.refused(topic, reason, time.monotonic()):
-            self.note_error(f"broker refuses publishes to {topic}: {reason}; kept in the outbox")
+            self.note_error(
+                f"broker refuses publishes to {topic}: {reason}; kept in the outbox", hint=False
+            )
             if self.emit is not None:
                 self.emit("uplink.refused", "warning", topic=topic, reason=reason)
 
