@@ -309,6 +309,15 @@ class SyncConfig(Section):
         description="Also send every window result upstream (`results` topic); by default "
         "results stay on the gateway and summaries, events and heartbeats go up.",
     )
+    keep_delivered_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        le=3_153_600_000,
+        description="Keep messages the broker acknowledged this long, 0..3153600000 s, so a "
+        "consumer that lost some can ask for them again (`sync.resend`, docs/mqtt.md); "
+        "0: delete on acknowledgement. Bounded by storage.max_bytes and max_age_days (about "
+        "6 MB a day at the default cadence, docs/reliability.md).",
+    )
 
 
 class StorageConfig(Section):

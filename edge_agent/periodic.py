@@ -21,6 +21,7 @@ from edge_agent.pipeline.silence import SilenceWatch
 from edge_agent.pipeline.stream import SensorStream
 from edge_agent.pipeline.summary import SummaryAccumulator
 from edge_agent.store.db import enqueue
+from edge_agent.store.delivered import delivered_rows
 from edge_agent.store.results import insert_summaries, pack_results, skip_results_upload
 from edge_agent.store.retention import dropped_counters, enforce_limits
 from edge_agent.store.txn import Op
@@ -154,11 +155,21 @@ class Retention:
         self.notify = notify
         self.interval_s = interval_s
         self.dropped: dict[str, int] = {}
+        self.delivered = 0
+        """Delivered messages kept for resend requests, as of the last pass."""
 
     async def enforce(self) -> None:
         """Evict down to the caps now; logs what was dropped."""
-        storage = self.config().storage
-        report = await self.call(enforce_limits(storage.max_bytes, storage.max_age_days * 86400.0))
+        config = self.config()
+        storage = config.storage
+        report = await self.call(
+            enforce_limits(
+                storage.max_bytes,
+                storage.max_age_days * 86400.0,
+                keep_delivered_s=config.sync.keep_delivered_s,
+            )
+        )
+        self.delivered = await self.call(delivered_rows())
         if report.dropped:
             log.warning(
                 "store: over its limits (%.1f MB used), dropped %s",

@@ -215,6 +215,12 @@ class StoreHealth(_Part):
         description="Everything dropped by the size and age policy since the database was "
         "created, by class (`results.history`, `outbox.results`, ...; see docs/reliability.md)."
     )
+    delivered: int = Field(
+        default=0,
+        ge=0,
+        description="Acknowledged messages kept so a consumer can ask for them again "
+        "(`sync.resend`; `sync.keep_delivered_s`), as of the last retention pass (every 10 s).",
+    )
 
 
 class RefusedTopic(_Part):
@@ -255,6 +261,20 @@ class MqttHealth(_Part):
         description="Topics refused now, by topic: their messages stay in the outbox (left "
         "only to the disk cap's eviction) and one is retried as a probe with capped backoff; "
         "empty while the broker accepts everything.",
+    )
+    resent: int = Field(
+        default=0,
+        ge=0,
+        description="Delivered messages queued again by `sync.resend` since start.",
+    )
+    resend_requests: int = Field(
+        default=0, ge=0, description="`sync.resend` requests answered since start."
+    )
+    announces: int = Field(
+        default=0,
+        ge=0,
+        description="Messages on `<prefix>/announce` answered (birth again, heartbeat now) "
+        "since start; more within 10 s are ignored.",
     )
 
 

@@ -3,13 +3,18 @@
 Eviction order (first evicted first), see docs/reliability.md:
 
 1. quarantined rows (kept only for inspection),
-2. window results already packed for upload (local history),
-3. local history of summaries and events (their outbox copies are separate),
-4. queued `results` messages,
-5. window results not yet packed for upload,
-6. queued `heartbeat` messages,
-7. queued `summary` messages,
-8. queued `events` messages.
+2. delivered messages kept for resend requests (`store.delivered`; already acknowledged),
+3. window results already packed for upload (local history),
+4. local history of summaries and events (their outbox copies are separate),
+5. queued `results` messages,
+6. window results not yet packed for upload,
+7. queued `heartbeat` messages,
+8. queued `summary` messages,
+9. queued `events` messages.
+
+Delivered messages also end after `sync.keep_delivered_s` (and at the age cap); that is
+their configured life, not a drop, so only the disk cap's evictions of them are counted
+(`delivered.history`).
 
 Eviction notices themselves (`outbox.evicted` events, priority 0) are never evicted.
 Every outbox message evicted after it received a sequence number is announced with the
@@ -19,6 +24,7 @@ topic and the seq range, so the cloud can tell a drop by policy from a loss.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,12 +135,14 @@ def enforce_limits(
     now: float | None = None,
     chunk: int = CHUNK,
     budget: int | None = None,
+    keep_delivered_s: float = math.inf,
 ) -> Op[EvictionReport]:
     """Apply the age cap, then evict in order until the used size is under 90 % of the cap.
 
     Args:
         max_bytes: The cap.
         max_age_s: The age cap (`inf`: none).
+        keep_delivered_s: How long delivered messages are kept (`inf`: up to the age cap).
         now: The time the age cap counts from (default: now).
         chunk: Rows deleted per step.
         budget: At most this many steps (None: until under the target). A full disk evicts
@@ -155,6 +163,10 @@ def enforce_limits(
         for table, column in (("quarantine", "ts"), ("summaries", "t_end"), ("events", "ts")):
             n = conn.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff,)).rowcount
             _count(txn, report, f"{table}.history", n)
+        keep = min(max_age_s, keep_delivered_s)
+        if keep < math.inf:
+            stamp = time.time() if now is None else now
+            conn.execute("DELETE FROM delivered WHERE delivered_at < ?", (stamp - keep,))
         for kind in ("results", "heartbeat", "summary", "events"):
             _evict_outbox(txn, report, kind, "created < ?", (cutoff,), "max_age", limit=None)
         stale = conn.execute(
@@ -167,6 +179,7 @@ def enforce_limits(
         target = int(max_bytes * 0.9)
         steps: list[Callable[[], int]] = [
             lambda: _delete_oldest(txn, report, "quarantine", "1", (), "quarantine.history", chunk),
+            lambda: _delete_oldest(txn, report, "delivered", "1", (), "delivered.history", chunk),
             lambda: _delete_oldest(
                 txn,
                 report,

@@ -133,8 +133,23 @@ def _v5(db: sqlite_utils.Database) -> None:
     db.table("outbox").add_column("crc", int)
 
 
+def _v6(db: sqlite_utils.Database) -> None:
+    # Messages the broker acknowledged, kept for `sync.keep_delivered_s` so a consumer that
+    # lost some (a broker that dropped acknowledged messages) can ask for them again
+    # (`sync.resend`) and get the same seq, msg_id and payload bytes.
+    db.conn.execute(
+        "CREATE TABLE delivered (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+        "kind TEXT NOT NULL, seq INTEGER NOT NULL, msg_id TEXT NOT NULL, payload BLOB NOT NULL, "
+        "encoding TEXT, crc INTEGER, created FLOAT NOT NULL, delivered_at FLOAT NOT NULL, "
+        "UNIQUE (topic, seq))"
+    )
+    db.conn.execute("CREATE INDEX delivered_at ON delivered (delivered_at)")
+    # A resend request asks which seqs of a topic are still queued.
+    db.conn.execute("CREATE INDEX outbox_topic_seq ON outbox (topic, seq)")
+
+
 # Index i holds the migration from user_version i to i + 1. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

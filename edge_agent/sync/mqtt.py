@@ -34,7 +34,8 @@ from edge_agent.brokers import refusal_hint
 from edge_agent.config import AgentConfig
 from edge_agent.events import Emit
 from edge_agent.store.checks import parse_count
-from edge_agent.store.db import OutboxRow, Store, Txn, delete_outbox, dumps, fetch_outbox
+from edge_agent.store.db import OutboxRow, Store, Txn, dumps, fetch_outbox
+from edge_agent.store.delivered import ack_outbox
 from edge_agent.store.meta import get_json
 from edge_agent.sync.refused import RefusedTopics
 
@@ -336,6 +337,9 @@ class MqttUplink:
         self.bucket = TokenBucket(config.mqtt.max_messages_per_s, config.mqtt.max_inflight)
         self.on_command: Callable[[_Connection, mqtt.MQTTMessage], None] | None = None
         self.on_connected: Callable[[_Connection], None] | None = None
+        # Whether acknowledged rows are kept for resend requests (the daemon hands in the
+        # running config's setting, which a reload may change).
+        self.keep_delivered: Callable[[], bool] = lambda: config.sync.keep_delivered_s > 0
         self.wake = asyncio.Event()
         self._stop_ev = asyncio.Event()
         self.idle = asyncio.Event()
@@ -345,6 +349,7 @@ class MqttUplink:
         self._ack_task: asyncio.Task[None] | None = None
         self._conn: _Connection | None = None
         self._will: tuple[int, str] | None = None
+        self._birth: bytes | None = None  # this connection's `online` status, as published
         self.status_topic = f"{config.topic_root}/status"
         self.where = f"{config.mqtt.host}:{config.mqtt.port}"
         self._trial = False  # trying 3.1.1 after MQTT 5 was refused (auto)
@@ -391,7 +396,7 @@ class MqttUplink:
     async def _flush_acks(self) -> None:
         while self._acks:
             ids, self._acks = self._acks, []
-            await self.store.call(delete_outbox(ids))
+            await self.store.call(ack_outbox(ids, keep=self.keep_delivered()))
             self._deleting.difference_update(ids)
 
     # -- the session --------------------------------------------------------------------------
@@ -534,12 +539,8 @@ class MqttUplink:
                 await self._accepted_protocol(version)
                 # Birth first: the will registered with CONNECT must never be the only state
                 # a consumer sees for this connection.
-                conn.client.publish(
-                    self.status_topic,
-                    self._status_body("online", online_seq, online_id),
-                    qos=1,
-                    retain=True,
-                )
+                self._birth = self._status_body("online", online_seq, online_id)
+                conn.client.publish(self.status_topic, self._birth, qos=1, retain=True)
                 await self._use_status_reservation()
                 self._set_connected(True)
                 if self.on_connected is not None:
@@ -656,6 +657,18 @@ class MqttUplink:
                 await asyncio.wait_for(self.wake.wait(), timeout=0.5)
         if not self._stop_ev.is_set():
             raise ConnectionResetError("connection lost")
+
+    def reannounce(self) -> bool:
+        """Publish this connection's birth again (retained, same seq, msg_id and bytes).
+
+        For consumers that learn who is online only from live messages (brokers that send
+        retained messages to exact-topic subscribers only). Returns False when not connected.
+        """
+        conn, birth = self._conn, self._birth
+        if conn is None or birth is None or not self.stats.connected or conn.closed.is_set():
+            return False
+        info = conn.client.publish(self.status_topic, birth, qos=1, retain=True)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     async def stop(self, timeout: float = 3.0) -> None:
         """Let in-flight messages be acknowledged, publish `offline`, disconnect cleanly."""
