@@ -59,6 +59,7 @@ from edge_agent.store.db import Store, outbox_depth, record_event
 from edge_agent.supervise import Backoff, Supervisor
 from edge_agent.sync.commands import AgentCommands, CommandServer
 from edge_agent.sync.mqtt import MqttUplink
+from edge_agent.sync.resend import Announcer, Resender
 from firmware_bridge.links import Link
 
 if TYPE_CHECKING:
@@ -186,6 +187,16 @@ class Daemon:
         self.retention = Retention(self._config, call, notify)
         body = HeartbeatBody(call, self.health, self.started_mono, lambda: self.windows_committed)
         self.heartbeat = Heartbeat(self._config, call, body, notify)
+        # Gap repair and fleet re-announce: the gateway's side of a consumer that lost something.
+        self.resender = Resender(self._config, call, notify, emit, self.counters.inc)
+        self.resender.register(self.registry)
+        self.announcer = Announcer(
+            self._config,
+            republish=lambda: self.uplink is not None and self.uplink.reannounce(),
+            beat=self.heartbeat.beat,
+            stats=self.resender.stats,
+            inc=self.counters.inc,
+        )
         self.silence = SilenceMonitor(lambda: self.config.sensors, self.pipeline.streams, emit)
         # Reverts a broker change that never connects; keeps the last known good config.
         self.config_guard = (
@@ -269,8 +280,11 @@ class Daemon:
         board.provide("sensors", self.sensor_health)
         board.provide("models", lambda: models_health(self.pipeline))
         board.provide("pipeline", lambda: pipeline_health(self.pipeline))
-        board.provide("mqtt", lambda: mqtt_health(self.uplink))
-        board.provide("store", lambda: store_health(self.store, self.retention.dropped))
+        board.provide("mqtt", lambda: mqtt_health(self.uplink, self.resender.stats))
+        board.provide(
+            "store",
+            lambda: store_health(self.store, self.retention.dropped, self.retention.delivered),
+        )
         board.provide("components", self.supervisor.health)
         board.provide("counters", self.counters.snapshot)
         if self.config_guard is not None:
@@ -285,8 +299,21 @@ class Daemon:
     def _new_uplink(self, config: AgentConfig) -> MqttUplink:
         """The MQTT session for `config`, with remote commands attached; now the current one."""
         uplink = MqttUplink(config, self.store, emit=self.bus.emit, inc=self.counters.inc)
-        uplink.on_command = lambda conn, msg: self.commands.on_message(conn.client, msg)
-        uplink.on_connected = lambda conn: self.commands.on_connected(conn.client)
+        announcer = self.announcer
+
+        def on_message(conn: Any, message: Any) -> None:
+            if message.topic == announcer.topic:
+                announcer.on_message(message.payload, bool(message.retain))
+            else:
+                self.commands.on_message(conn.client, message)
+
+        def on_connected(conn: Any) -> None:
+            self.commands.on_connected(conn.client)
+            announcer.on_connected(conn.client)
+
+        uplink.on_command = on_message
+        uplink.on_connected = on_connected
+        uplink.keep_delivered = lambda: self.config.sync.keep_delivered_s > 0
         self.uplink = uplink
         return uplink
 
@@ -538,6 +565,7 @@ class Daemon:
         await self.commands.close()
 
     async def _close(self) -> None:
+        await self.announcer.close()
         if self.config_guard is not None:
             await self.config_guard.close()
         await self.service.close()

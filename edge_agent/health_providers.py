@@ -23,13 +23,15 @@ if TYPE_CHECKING:
     from edge_agent.pipeline.engine import Pipeline
     from edge_agent.store.db import Store
     from edge_agent.sync.mqtt import MqttUplink
+    from edge_agent.sync.resend import ResendStats
 
 HEARTBEAT_SECTIONS = ("sensors", "store", "mqtt", "components", "config_guard")
 """The health board sections a heartbeat carries (the others are for `status`)."""
 
 
-def mqtt_health(uplink: MqttUplink | None) -> dict[str, Any]:
-    """The MQTT session's figures (`uplink` None: not built yet, nothing connected)."""
+def mqtt_health(uplink: MqttUplink | None, resends: ResendStats | None = None) -> dict[str, Any]:
+    """The MQTT session's figures (`uplink` None: not built yet, nothing connected), with
+    what resend requests and re-announces did (`resends`)."""
     return {
         "connected": bool(uplink and uplink.stats.connected),
         "connected_since": uplink.stats.connected_since if uplink else None,
@@ -41,11 +43,16 @@ def mqtt_health(uplink: MqttUplink | None) -> dict[str, Any]:
         # Topics the broker refuses (MQTT 5 PUBACK >= 0x80), parked until a probe passes.
         "refusals": uplink.refused.total if uplink else 0,
         "refused": uplink.refused.health(time.monotonic()) if uplink else {},
+        # Messages queued again by `sync.resend`, and re-announces answered.
+        "resent": resends.resent if resends else 0,
+        "resend_requests": resends.requests if resends else 0,
+        "announces": resends.announces if resends else 0,
     }
 
 
-def store_health(store: Store, dropped: Mapping[str, int]) -> dict[str, Any]:
-    """The store's figures, with what retention dropped (`dropped`: rows by table)."""
+def store_health(store: Store, dropped: Mapping[str, int], delivered: int = 0) -> dict[str, Any]:
+    """The store's figures, with what retention dropped (`dropped`: rows by table) and the
+    delivered messages it keeps for resend requests (`delivered`)."""
     return {
         "commits": store.stats.commits,
         "pending": store.pending(),
@@ -54,6 +61,7 @@ def store_health(store: Store, dropped: Mapping[str, int]) -> dict[str, Any]:
         "disk_full": store.disk_full,
         "quarantined": store.stats.quarantined,
         "dropped": dropped,
+        "delivered": delivered,
     }
 
 
