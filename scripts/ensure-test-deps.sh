@@ -9,7 +9,9 @@
 # tested on a private node of it). That node keeps its Erlang cookie in its own HOME (a
 # temporary directory) and registers with epmd on 127.0.0.1:4369, which Erlang starts
 # when none runs and leaves running; the Debian package also starts a system node on
-# 5672/25672, which the tests never use.
+# 5672/25672, which the tests never use; and PostgreSQL's server binaries (the
+# reference cloud consumer is tested on a private cluster started by the tests, never the
+# machine's own).
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
@@ -21,6 +23,7 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing test dependencies: ${need[*]}" >&2
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from tests.postgres import Postgres
 from tests.rabbitmq import RabbitMQ
 
 
@@ -74,3 +75,10 @@ def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
     """One private RabbitMQ node with its MQTT plugin for the session (a start takes ~10 s)."""
     with RabbitMQ(tmp_path_factory.mktemp("rabbitmq")) as node:
         yield node
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One private PostgreSQL for the session (tests take a fresh database each)."""
+    with Postgres() as server:
+        yield server

@@ -230,6 +230,31 @@ def test_the_contract_package_imports_nothing_of_the_daemon(
     assert not wrong, "\n".join(wrong)
 
 
+def test_the_cloud_consumer_stays_on_the_cloud_side(
+    graph: dict[str, dict[str, Import]],
+) -> None:
+    """`edge_agent.cloud` (the reference consumer, psycopg) is never imported by the daemon's
+    modules, and it builds only on the contract and the error tree, as a cloud would."""
+    cloud = "edge_agent.cloud"
+
+    def inside(name: str, package: str) -> bool:
+        return name == package or name.startswith(package + ".")
+
+    allowed = (cloud, "edge_agent.contract", "edge_agent.errors")
+    wrong = [
+        str(edge)
+        for source, edges in sorted(graph.items())
+        for target, edge in sorted(edges.items())
+        if (inside(target, cloud) and not inside(source, cloud))
+        or (
+            inside(source, cloud)
+            and target != "edge_agent"
+            and not any(inside(target, a) for a in allowed)
+        )
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_only_the_runner_imports_the_composition_root(
     graph: dict[str, dict[str, Import]],
 ) -> None:

@@ -1,0 +1,194 @@
+"""`edge-agent-cloud`: the reference consumer's command line.
+
+    edge-agent-cloud run --dsn postgresql://cloud@db/telemetry --host broker --port 1883
+    edge-agent-cloud run --dsn ... --share cloud          # one member of a group (MQTT 5)
+    edge-agent-cloud report --dsn ...                     # JSON; exit 0 clean, 1 violations
+
+Exit status: 0 clean (`report`) or a clean stop (`run`); 1 the report lists violations;
+2 a usage, broker or database error (`--share` where the broker has no shared
+subscriptions says what to use instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import psycopg
+
+from edge_agent.cloud.consumer import CloudConsumer, ConsumerOptions, UsageError
+from edge_agent.cloud.report import report
+from edge_agent.cloud.store import CloudStore, RepairTiming
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-agent-cloud",
+        description="Reference cloud consumer: a fleet's MQTT telemetry into PostgreSQL, "
+        "with gap repair (sync.resend) and a gateway status table.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    dsn_help = (
+        "PostgreSQL connection string (default: $EDGE_AGENT_CLOUD_DSN, else libpq's PG* variables)"
+    )
+
+    run = sub.add_parser("run", help="consume until SIGINT/SIGTERM, then print the report")
+    run.add_argument("--dsn", default=os.environ.get("EDGE_AGENT_CLOUD_DSN", ""), help=dsn_help)
+    run.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
+    run.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
+    run.add_argument("--prefix", default="edge", help="topic prefix of the fleet (default edge)")
+    run.add_argument(
+        "--protocol",
+        choices=("auto", "5", "3.1.1"),
+        default="auto",
+        help="MQTT version; auto tries 5 and falls back to 3.1.1 (default auto)",
+    )
+    run.add_argument(
+        "--share",
+        metavar="GROUP",
+        help="be one member of the MQTT 5 shared subscription $share/GROUP (refused where "
+        "the broker has none)",
+    )
+    run.add_argument("--client-id", help="MQTT client id (default: unique per run)")
+    run.add_argument(
+        "--session-expiry",
+        type=int,
+        default=0,
+        metavar="S",
+        help="keep the broker session S seconds across disconnects (needs --client-id)",
+    )
+    run.add_argument("--username", help="user name for the broker")
+    run.add_argument("--password-file", type=Path, help="file whose first line is the password")
+    run.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
+    run.add_argument("--cafile", help="CA bundle of the broker (implies --tls)")
+    run.add_argument("--certfile", help="client certificate for mutual TLS")
+    run.add_argument("--keyfile", help="client key for mutual TLS")
+    run.add_argument(
+        "--grace",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="ask for a gap only after it stayed open S seconds (default 2)",
+    )
+    run.add_argument(
+        "--retry",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="first retry of an unanswered or unfilled request after S seconds, doubling "
+        "(default 5)",
+    )
+    run.add_argument(
+        "--retry-max", type=float, default=120.0, metavar="S", help="cap of the retry delay"
+    )
+    run.add_argument("--no-repair", action="store_true", help="account gaps, never ask")
+    run.add_argument("--duration", type=float, default=0, metavar="S", help="stop after S seconds")
+    run.add_argument(
+        "--idle-exit", type=float, default=0, metavar="S", help="stop after S quiet seconds"
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="log connections and requests")
+
+    rep = sub.add_parser("report", help="print the JSON report of what the database holds")
+    rep.add_argument("--dsn", default=os.environ.get("EDGE_AGENT_CLOUD_DSN", ""), help=dsn_help)
+    rep.add_argument("--prefix", default="edge", help="topic prefix of the fleet (default edge)")
+    return p
+
+
+def _options(args: argparse.Namespace) -> ConsumerOptions:
+    password = None
+    if args.password_file:
+        password = args.password_file.read_text(encoding="utf-8").splitlines()[0]
+    return ConsumerOptions(
+        host=args.host,
+        port=args.port,
+        prefix=args.prefix,
+        protocol=args.protocol,
+        share=args.share,
+        client_id=args.client_id,
+        session_expiry=args.session_expiry,
+        username=args.username,
+        password=password,
+        tls=args.tls,
+        cafile=args.cafile,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        repair=not args.no_repair,
+        duration_s=args.duration,
+        idle_exit_s=args.idle_exit,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.session_expiry and not args.client_id:
+        print("--session-expiry needs a fixed --client-id", file=sys.stderr)
+        return 2
+    if bool(args.certfile) != bool(args.keyfile):
+        print("mutual TLS needs both --certfile and --keyfile", file=sys.stderr)
+        return 2
+    if args.grace < 0 or args.retry <= 0 or args.retry_max < args.retry:
+        print("--grace >= 0, --retry > 0 and --retry-max >= --retry", file=sys.stderr)
+        return 2
+    timing = RepairTiming(grace_s=args.grace, retry_s=args.retry, retry_max_s=args.retry_max)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with CloudStore(args.dsn, prefix=args.prefix, timing=timing) as store:
+        consumer = CloudConsumer(_options(args), store, stop)
+
+        def ready(topic_filter: str) -> None:
+            # Scripts and tests wait for this line before they start publishing.
+            print(
+                f"subscribed {topic_filter} (MQTT {consumer.version})", file=sys.stderr, flush=True
+            )
+
+        try:
+            code = consumer.run(ready)
+        except UsageError as err:
+            print(f"edge-agent-cloud: {err}", file=sys.stderr)
+            return 2
+        if code:
+            print(f"edge-agent-cloud: {consumer.fatal}", file=sys.stderr)
+            return code
+        result = report(store.conn)
+        store.conn.rollback()
+    result["session"] = {
+        "outcomes": consumer.counts,
+        "filter": consumer.filter,
+        "protocol": consumer.version,
+        "connections": consumer.connections,
+        "announces": consumer.announces,
+    }
+    print(json.dumps(result, indent=2), flush=True)
+    return 0 if result["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "run":
+            return _run(args)
+        with CloudStore(args.dsn, prefix=args.prefix) as store:
+            store.ensure_schema()
+            result = report(store.conn)
+            store.conn.rollback()
+    except psycopg.OperationalError as err:
+        print(f"edge-agent-cloud: PostgreSQL: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2), flush=True)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
