@@ -17,7 +17,11 @@ Behind a clustered broker, run several members with the same `--share` group and
 stream, so gaps are only meaningful over everything the group stored.
 
 Exit status: 0 when the report is clean, 1 when it lists violations, 2 on a usage or
-connection error.
+connection error (`--share` where the broker has no shared subscriptions included).
+
+This SQLite checker is the contract's test instrument; the reference consumer that lands
+telemetry in PostgreSQL and repairs gaps is `edge-agent-cloud` (edge_agent/cloud,
+docs/cloud.md).
 """
 
 from __future__ import annotations
@@ -107,6 +111,14 @@ class Consumer:
             self.connect_error = f"broker refused the connection: {reason}"
             log.error("%s", self.connect_error)
             return
+        if self.args.share and getattr(props, "SharedSubscriptionAvailable", 1) == 0:
+            # Subscribing anyway would be granted and deliver nothing on some brokers.
+            self.connect_error = (
+                "the broker says shared subscriptions are not available (CONNACK "
+                "SharedSubscriptionAvailable = 0): use its native way (docs/cloud.md)"
+            )
+            self.stop.set()
+            return
         log.info("connected; subscribing to %s", self.filter)
         client.subscribe(self.filter, qos=1)
 
@@ -171,9 +183,12 @@ class Consumer:
         self.client.loop_start()
         started = time.monotonic()
         try:
-            if not self.subscribed.wait(10):
+            deadline = started + 10
+            while not self.subscribed.wait(0.1):
+                if not self.stop.is_set() and time.monotonic() < deadline:
+                    continue
                 print(
-                    f"not subscribed within 10 s: {self.connect_error or 'no CONNACK/SUBACK'}",
+                    f"not subscribed: {self.connect_error or 'no CONNACK/SUBACK within 10 s'}",
                     file=sys.stderr,
                 )
                 return 2
@@ -266,6 +281,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if bool(args.certfile) != bool(args.keyfile):
         print("mutual TLS needs both --certfile and --keyfile", file=sys.stderr)
+        return 2
+    if args.share and args.protocol != "5":
+        print(
+            "--share needs MQTT 5 shared subscriptions; on a 3.1.1-only broker (NATS, "
+            "RabbitMQ 3.x) use its native way: NATS queue groups, AMQP consumers on amq.topic "
+            "(docs/cloud.md)",
+            file=sys.stderr,
+        )
         return 2
     if args.report_only:
         with Ledger(args.db, prefix=args.prefix) as ledger:

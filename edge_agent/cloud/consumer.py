@@ -215,7 +215,9 @@ class CloudConsumer:
     ) -> None:
         self._reason = reason
         if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
+            trial = self.options.protocol == "auto" and self.version == "5"
+            if not (trial and reason.value == UNSUPPORTED_PROTOCOL):
+                log.error("broker refused the connection: %s", reason)
             self._connack.set()
             return
         if self.options.share:
@@ -231,7 +233,7 @@ class CloudConsumer:
                     f"available (CONNACK SharedSubscriptionAvailable = 0); {SHARE_ALTERNATIVES}"
                 )
             if self.fatal:
-                log.error("%s", self.fatal)
+                self.fatal = self.fatal.replace("<prefix>", self.prefix)
                 self.stop.set()
                 self._connack.set()
                 return
@@ -250,7 +252,7 @@ class CloudConsumer:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
         self._connack.set()  # a close without CONNACK settles the wait too
-        if not self.stop.is_set():
+        if not self.stop.is_set() and self.connections:
             log.warning("disconnected (%s); reconnecting", reason)
 
     def _on_subscribe(

