@@ -316,7 +316,7 @@ class SyncConfig(Section):
         description="Keep messages the broker acknowledged this long, 0..3153600000 s, so a "
         "consumer that lost some can ask for them again (`sync.resend`, docs/mqtt.md); "
         "0: delete on acknowledgement. Bounded by storage.max_bytes and max_age_days (about "
-        "6 MB a day at the default cadence, docs/reliability.md).",
+        "8 MB a day at the default cadence, docs/reliability.md).",
     )
 
 
