@@ -231,10 +231,10 @@ def _rabbitmq(config: AgentConfig) -> Iterator[Quirk]:
                 "rabbitmq",
                 key,
                 value,
-                "RabbitMQ turns a '.' into a topic level ('/' and '.' both separate AMQP "
-                "routing key words): subscribers get edge/.../gw/01/status for gw.01, "
-                "wildcard subscriptions such as edge/+/+/+/status miss it and the consumer "
-                "does not recognise it",
+                "RabbitMQ (3.10, run here) turns a '.' into a topic level ('/' and '.' both "
+                "separate AMQP routing key words): subscribers get edge/.../gw/01/status for "
+                "gw.01, wildcard subscriptions such as edge/+/+/+/status miss it and the "
+                "consumer does not recognise it",
                 _setting(key, value.replace(".", "-")),
                 short="RabbitMQ turns a '.' into a topic level",
             )
