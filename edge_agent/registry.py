@@ -53,8 +53,11 @@ class CommandRegistry:
         """Add a command; `local` is True (same name), a local name, or False.
 
         Raises:
-            ValueError: the name is taken on a door it would serve.
+            ValueError: the name is taken on a door it would serve, or an MQTT name has a
+                `_` (reserved for spelling a `.`, see `canonical`).
         """
+        if remote and "_" in name:
+            raise ValueError(f"command {name!r}: MQTT command names have no '_'")
         local_name = name if local is True else (local or None)
         command = Command(name, handler, remote, local_name, local_reply)
         if remote and name in self._remote:
@@ -70,6 +73,18 @@ class CommandRegistry:
         """The MQTT handler of `name`, or None."""
         command = self._remote.get(name)
         return command.handler if command is not None else None
+
+    def canonical(self, name: str) -> str:
+        """The MQTT command `name` stands for: itself, or with every `_` read as `.`.
+
+        Some brokers refuse a `.` in a topic (NATS 2.9) or split the topic there (RabbitMQ
+        3.10), so `<root>/cmd/sync_resend` reaches `sync.resend`. Registered names have no
+        `_`, so the reading is unambiguous; an unknown name is returned as it is.
+        """
+        if name in self._remote or "_" not in name:
+            return name
+        dotted = name.replace("_", ".")
+        return dotted if dotted in self._remote else name
 
     def remote_names(self) -> list[str]:
         """Every command served over MQTT."""

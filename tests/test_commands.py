@@ -165,6 +165,11 @@ def test_malformed_unknown_and_forbidden_get_error_replies(setup: tuple[Requeste
     assert req.request("ping", {"id": "x", "extra": 1})["error"]["code"] == "bad_request"
     assert req.request("reboot", {"id": "u1"})["error"]["code"] == "unknown_command"
     assert req.request("sensors.list", {"id": "f1"})["error"]["code"] == "forbidden"
+    # The `_` spelling of a dotted name (for brokers that refuse or split a `.`) is the
+    # same command: denied alike, and answered like the dotted one.
+    assert req.request("sensors_list", {"id": "f2"})["error"]["code"] == "forbidden"
+    flush = req.request("sync_flush", {"id": "u2"})
+    assert (flush["ok"], flush["command"]) == (True, "sync.flush")
     wait_for(
         lambda: any(
             e["event"] == "command.rejected" and e["request_id"] == "f1" for e in req.events

@@ -185,7 +185,7 @@ def test_a_real_loss_is_seen_and_repaired_with_the_same_messages(setup: Setup) -
         # After their PUBACK they are kept again (one copy): a second request resends them.
         def resent_again() -> dict[str, Any] | None:
             args = {"topic": SUMMARY, "from_seq": first, "to_seq": last}
-            again = cloud.request("sync.resend", args)["result"]
+            again = cloud.request("sync_resend", args)["result"]  # the `_` spelling
             return again if again["resent"] else None
 
         assert wait_for(resent_again, 10, "the rows kept again")["resent"] == [[first, last]]

@@ -142,9 +142,12 @@ class CommandServer:
 
     async def _handle(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         received = time.time()
-        name = bounded(message.topic.rsplit("/", 1)[-1], NAME_CHARS)
+        # The name as sent (the 3.1.1 reply topic repeats it), and the command it stands for
+        # (`sync_resend` for `sync.resend`): limits, allow/deny and the reply use that one.
+        sent = bounded(message.topic.rsplit("/", 1)[-1], NAME_CHARS)
+        name = self.registry.canonical(sent)
         props = getattr(message, "properties", None)
-        default_topic = f"{self.root}/reply/{name}"
+        default_topic = f"{self.root}/reply/{sent}"
         response_topic = reply_topic(getattr(props, "ResponseTopic", None), default_topic)
         correlation = getattr(props, "CorrelationData", None)
         request_id: str | None = None
