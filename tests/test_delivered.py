@@ -176,6 +176,13 @@ def test_a_poisoned_delivered_row_is_quarantined_and_reported_evicted(tmp_path: 
         assert (out.resent, out.evicted) == ([[1, 1], [3, 3]], [[2, 2]])
         assert store.stats.quarantined == 1
         assert [r.seq for r in store.submit(fetch_outbox(10, set())).result(5)] == [1, 3]
+        # A stamp that is text (or far ahead) cannot be judged: the age pass removes it.
+        _ack_all(store)
+        store.submit(
+            lambda txn: txn.conn.execute("UPDATE delivered SET delivered_at = 'soon' WHERE seq = 3")
+        ).result(5)
+        store.submit(enforce_limits(1 << 40, 1e9, keep_delivered_s=3600.0)).result(5)
+        assert [r[1] for r in _delivered(store)] == [1]
     finally:
         store.close()
 

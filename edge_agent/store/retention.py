@@ -166,7 +166,12 @@ def enforce_limits(
         keep = min(max_age_s, keep_delivered_s)
         if keep < math.inf:
             stamp = time.time() if now is None else now
-            conn.execute("DELETE FROM delivered WHERE delivered_at < ?", (stamp - keep,))
+            # A stamp too far ahead to judge (a clock set wrong then, or text, which SQLite
+            # orders above every number) goes too: nothing kept can outlive its life.
+            conn.execute(
+                "DELETE FROM delivered WHERE delivered_at < ? OR delivered_at > ?",
+                (stamp - keep, stamp + keep),
+            )
         for kind in ("results", "heartbeat", "summary", "events"):
             _evict_outbox(txn, report, kind, "created < ?", (cutoff,), "max_age", limit=None)
         stale = conn.execute(
