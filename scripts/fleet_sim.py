@@ -24,8 +24,12 @@ Phases:
 
 Bounded: at most 200 agents, 600 s of measurement, 600 s of outage; loopback only.
 
-    python scripts/fleet_sim.py --agents 10 --duration 30
-    python scripts/fleet_sim.py --agents 50 --duration 60 --outage 20
+The agents run the product's default cadence and mode (heartbeat 30 s, summaries 60 s,
+window results kept on the gateway) unless flags say otherwise.
+
+    python scripts/fleet_sim.py --agents 10
+    python scripts/fleet_sim.py --agents 10 --imitate 10000       # the broker's cost per gateway
+    python scripts/fleet_sim.py --agents 50 --upload-results --results-interval 1 --outage 20
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from paho.mqtt.properties import Properties
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the broker helpers live with the tests
 
+from edge_agent.config import MqttConfig, SyncConfig  # noqa: E402
 from edge_agent.contract.payloads import decode_payload  # noqa: E402
 from tests.broker import free_port, wait_for  # noqa: E402
 
@@ -177,15 +182,53 @@ class Probe:
 # -- the agents ---------------------------------------------------------------------------------
 
 
+def _line(key: str, value: float | None) -> str:
+    """A config line for a flag that was given; nothing (the product default) otherwise."""
+    return "" if value is None else f"\n{key} = {value}"
+
+
+def cadence(args: argparse.Namespace) -> dict[str, Any]:
+    """The effective cadence and mode: flags where given, the product's defaults elsewhere."""
+    fields = SyncConfig.model_fields
+    mqtt_fields = MqttConfig.model_fields
+
+    def pick(flag: float | None, name: str) -> float:
+        return float(flag if flag is not None else fields[name].default)
+
+    return {
+        "results_interval_s": pick(args.results_interval, "results_interval_s"),
+        "heartbeat_interval_s": pick(args.heartbeat_interval, "heartbeat_interval_s"),
+        "summary_interval_s": pick(args.summary_interval, "summary_interval_s"),
+        "upload_results": bool(args.upload_results),
+        "reconnect_max_s": float(
+            args.reconnect_max
+            if args.reconnect_max is not None
+            else mqtt_fields["reconnect_max_s"].default
+        ),
+        "product_default": all(
+            v is None
+            for v in (
+                args.results_interval,
+                args.heartbeat_interval,
+                args.summary_interval,
+                args.reconnect_max,
+            )
+        )
+        and not args.upload_results,
+    }
+
+
 def agent_config(work: Path, i: int, port: int, args: argparse.Namespace) -> Path:
     name = f"agent-{i:03d}"
     db = work / f"{name}.db"
     lines = [
         f'[device]\nid = "{name}"\ntenant = "fleet"\nsite = "sim"',
-        f"[mqtt]\nport = {port}\nreconnect_max_s = {args.reconnect_max}",
-        f"[sync]\nheartbeat_interval_s = {args.heartbeat_interval}\n"
-        f"summary_interval_s = {args.summary_interval}\n"
-        f"results_interval_s = {args.results_interval}\nupload_results = true",
+        f"[mqtt]\nport = {port}" + _line("reconnect_max_s", args.reconnect_max),
+        "[sync]"
+        + _line("heartbeat_interval_s", args.heartbeat_interval)
+        + _line("summary_interval_s", args.summary_interval)
+        + _line("results_interval_s", args.results_interval)
+        + ("\nupload_results = true" if args.upload_results else ""),
         f'[storage]\npath = "{db}"',
         f'[service]\ncontrol_socket = "{db.with_suffix(".sock")}"',
         '[logging]\nlevel = "WARNING"\nshow_results = false',
@@ -273,6 +316,9 @@ def window(arrivals: list[Arrival], t0: float, t1: float, seconds: float) -> dic
         "msgs_per_s": round(len(inside) / seconds, 1),
         "bytes_per_s": round(sum(a.size for a in inside) / seconds, 1),
         "msgs_per_s_by_kind": {k: round(n / seconds, 2) for k, n in sorted(kinds.items())},
+        "mean_bytes_by_kind": {
+            k: round(statistics.mean(a.size for a in inside if a.kind == k)) for k in sorted(kinds)
+        },
         "latency_ms": latency([a for a in inside if a.kind != "status"]),
         "latency_ms_by_kind": {
             k: latency([a for a in inside if a.kind == k]) for k in sorted(kinds) if k != "status"
@@ -303,18 +349,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agents", type=int, default=10, help=f"agents (1..{MAX_AGENTS})")
     p.add_argument("--sensors", type=int, default=2, help="emulated sensors per agent (2)")
     p.add_argument("--rate-hz", type=float, help="sensor sample rate (default: recording's)")
-    p.add_argument("--duration", type=float, default=30, help="steady window, s (30)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        help="steady window, s (default: two of the longest of the heartbeat and summary "
+        "intervals, so every kind is in it: 120 s at the product's default)",
+    )
     p.add_argument("--warmup", type=float, default=5, help="seconds before measuring (5)")
     p.add_argument("--outage", type=float, default=0, help="broker outage, s (0: none)")
     p.add_argument("--start-spread", type=float, help="spread agent starts over S s")
-    p.add_argument("--results-interval", type=float, default=1.0, help="sync.results_interval_s")
-    p.add_argument("--heartbeat-interval", type=float, default=5.0, help="heartbeat_interval_s")
-    p.add_argument("--summary-interval", type=float, default=10.0, help="summary_interval_s")
-    p.add_argument("--reconnect-max", type=float, default=30.0, help="mqtt.reconnect_max_s")
+    # Cadence and mode: the product's defaults unless a flag says otherwise.
+    p.add_argument("--results-interval", type=float, help="sync.results_interval_s (default's)")
+    p.add_argument("--heartbeat-interval", type=float, help="heartbeat_interval_s (default's)")
+    p.add_argument("--summary-interval", type=float, help="summary_interval_s (default's)")
+    p.add_argument(
+        "--upload-results",
+        action="store_true",
+        help="sync.upload_results = true: every window result goes up (default: off)",
+    )
+    p.add_argument("--reconnect-max", type=float, help="mqtt.reconnect_max_s (default's)")
+    p.add_argument(
+        "--imitate",
+        type=int,
+        default=0,
+        help="after the real agents, N imitated gateways (scripts/fleet_imitate.py) with the "
+        "real agents' message sizes and cadence: the broker's cost per gateway",
+    )
+    p.add_argument("--imitate-duration", type=float, default=120, help="their window, s (120)")
     p.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     args = p.parse_args(argv)
     if not 1 <= args.agents <= MAX_AGENTS:
         p.error(f"--agents must be 1..{MAX_AGENTS}")
+    if not 0 <= args.imitate <= 50_000 or not 10 <= args.imitate_duration <= 3600:
+        p.error("--imitate must be 0..50000, --imitate-duration 10..3600 s")
+    if args.duration is None:
+        effective = cadence(args)
+        args.duration = 2 * max(effective["heartbeat_interval_s"], effective["summary_interval_s"])
     if not 1 <= args.duration <= 600 or not 0 <= args.outage <= 600 or args.sensors < 1:
         p.error("--duration must be 1..600 s, --outage 0..600 s, --sensors >= 1")
     if args.workdir:
@@ -336,11 +406,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         "method": "one `edge-agent run` process per agent, emulated sensors at the real rate, "
         "one mosquitto on loopback, one MQTT 5 probe subscriber; latency = arrival at the "
         "probe - envelope ts (message created in the agent's outbox)",
-        "cadence_s": {
-            "results": args.results_interval,
-            "heartbeat": args.heartbeat_interval,
-            "summary": args.summary_interval,
-        },
+        "cadence": cadence(args),
         "cpu_cores": os.cpu_count(),
     }
     try:
@@ -377,17 +443,11 @@ def run(args: argparse.Namespace, work: Path) -> int:
         out["steady"] = steady
         if args.outage > 0:
             out["outage"] = outage(args, broker, probe, work, configs)
+        if args.imitate > 0:
+            stop_agents(agents)
+            out["imitated"] = imitate(args, broker, probe, steady)
     finally:
-        for a in agents:
-            if a.poll() is None:
-                a.send_signal(signal.SIGTERM)
-        codes = []
-        for a in agents:
-            try:
-                codes.append(a.wait(30))
-            except subprocess.TimeoutExpired:
-                a.kill()
-                codes.append(a.wait())
+        codes = stop_agents(agents)
         time.sleep(1.0)  # the last offline statuses and final summaries
         probe.close()
         broker.stop()
@@ -397,6 +457,82 @@ def run(args: argparse.Namespace, work: Path) -> int:
     out["workdir"] = str(work) if args.workdir else None
     print(json.dumps(out, indent=2))
     return 0
+
+
+def stop_agents(agents: list[subprocess.Popen[bytes]]) -> list[int]:
+    """SIGTERM every agent still running; their exit codes."""
+    for a in agents:
+        if a.poll() is None:
+            a.send_signal(signal.SIGTERM)
+    codes = []
+    for a in agents:
+        try:
+            codes.append(a.wait(30))
+        except subprocess.TimeoutExpired:
+            a.kill()
+            codes.append(a.wait())
+    return codes
+
+
+def imitate(
+    args: argparse.Namespace, broker: Broker, probe: Probe, steady: dict[str, Any]
+) -> dict[str, Any]:
+    """N imitated gateways with the real agents' sizes and cadence: the broker's cost."""
+    assert broker.proc is not None
+    effective = cadence(args)
+    sizes = steady["mean_bytes_by_kind"]
+    per_agent = steady["msgs_per_s_by_kind"].get("summary", 0.0) / args.agents
+    summaries = max(1, round(per_agent * effective["summary_interval_s"]))
+    argv = [
+        sys.executable,
+        str(ROOT / "scripts" / "fleet_imitate.py"),
+        f"--port={broker.port}",
+        "--prefix=edge",
+        "--tenant=fleet",
+        "--site=sim",
+        f"--gateways={args.imitate}",
+        f"--duration={args.imitate_duration}",
+        f"--heartbeat-interval={effective['heartbeat_interval_s']}",
+        f"--summary-interval={effective['summary_interval_s']}",
+        f"--summaries={summaries}",
+        f"--hb-bytes={sizes.get('heartbeat', 1100)}",
+        f"--summary-bytes={sizes.get('summary', 600)}",
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ramp = json.loads(proc.stdout.readline())
+    # Let every gateway's first heartbeat and summary phase settle into the steady cadence.
+    settle = min(10.0, args.imitate_duration / 4)
+    time.sleep(settle)
+    bcpu0 = cpu_seconds(broker.proc.pid)
+    t0 = time.time()
+    time.sleep(max(1.0, args.imitate_duration - settle - 5))
+    t1 = time.time()
+    bcpu = cpu_seconds(broker.proc.pid) - bcpu0
+    rss = rss_mb(broker.proc.pid)
+    imitated = [a for a in list(probe.arrivals) if a.device.startswith("imit-")]
+    steady_window = window(imitated, t0, t1, t1 - t0)
+    proc.send_signal(signal.SIGTERM)
+    final = json.loads(proc.stdout.read().strip().splitlines()[-1])
+    proc.wait(30)
+    cpu_pct = bcpu / (t1 - t0) * 100
+    return {
+        "method": "scripts/fleet_imitate.py: one asyncio process, one MQTT 3.1.1 connection per "
+        "gateway with the real agents' will, birth, subscriptions, cadence and message sizes; "
+        "broker CPU over the window after the ramp; the probe subscribes to everything",
+        "gateways": args.imitate,
+        "connected": ramp["up"],
+        "summaries_per_interval": summaries,
+        "sizes_bytes": {"heartbeat": sizes.get("heartbeat"), "summary": sizes.get("summary")},
+        "window_s": round(t1 - t0, 1),
+        "msgs_per_s_at_probe": steady_window["msgs_per_s"],
+        "bytes_per_s_at_probe": steady_window["bytes_per_s"],
+        "latency_ms": steady_window["latency_ms"],
+        "broker_cpu_pct_of_core": round(cpu_pct, 2),
+        "broker_rss_mb": round(rss, 1),
+        "broker_cpu_pct_per_1000_gateways": round(cpu_pct / args.imitate * 1000, 3),
+        "imitator": final,
+    }
 
 
 def outage(
@@ -425,7 +561,8 @@ def outage(
             for kind, seq in kinds.items()
         )
 
-    wait_for(delivered, 120 + args.reconnect_max * 2, "the backlog after the outage")
+    reconnect_max = cadence(args)["reconnect_max_s"]
+    wait_for(delivered, 120 + reconnect_max * 2, "the backlog after the outage")
     done_at = time.time()
     after = [a for a in list(probe.arrivals) if up_at <= a.at <= done_at]
     bins: dict[int, int] = {}
