@@ -425,3 +425,44 @@ def _mqtt_error(sock: Path) -> str | None:
     except Exception:
         return None
     return error if isinstance(error, str) and "gw-02" in error else None
+
+
+def test_dot_free_command_topics_work_through_nats(nats: Nats, tmp_path: Path) -> None:
+    """`<root>/cmd/sensors_list` reaches `sensors.list` through a real NATS, and the reply
+    comes back on `<root>/reply/sensors_list` (a dotted reply topic would get the gateway's
+    own connection closed)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+    db = tmp_path / "c.db"
+    config = write_config(
+        tmp_path / "c.toml", db=db, sensors=[], mqtt_port=nats.mqtt_port, device="gw-03"
+    )
+    root = "edge/t1/s1/gw-03"
+    replies: list[tuple[str, dict[str, Any]]] = []
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id="cloud-dashed",
+        protocol=MQTTProtocolVersion.MQTTv311,
+    )
+    client.on_message = lambda c, u, m: replies.append((m.topic, json.loads(m.payload)))
+    client.connect("127.0.0.1", nats.mqtt_port)
+    client.subscribe(f"{root}/reply/+", qos=1)
+    client.loop_start()
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(config, log)
+    try:
+
+        def answered() -> tuple[str, dict[str, Any]] | None:
+            client.publish(f"{root}/cmd/sensors_list", json.dumps({"id": "nats-1"}), qos=1)
+            return next((r for r in replies if r[1].get("id") == "nats-1"), None)
+
+        topic, body = wait_for(answered, 30, "a reply through NATS", interval=0.5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        assert stop_daemon(proc, log) == 0, log.read_text()[-4000:]
+    assert topic == f"{root}/reply/sensors_list"
+    assert body["command"] == "sensors.list"
+    assert body["ok"] is True
+    assert "connection lost" not in log.read_text()
