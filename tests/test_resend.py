@@ -16,6 +16,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -28,6 +29,7 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.config import parse_config
 from edge_agent.errors import CommandError
+from edge_agent.service.control import request
 from edge_agent.sync.resend import MAX_SEQS, Resender
 from tests.broker import Mosquitto, wait_for
 
@@ -104,6 +106,7 @@ class Setup:
     cloud: Client
     proc: subprocess.Popen[bytes]
     port: int
+    control: Path
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +137,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         )
         try:
             wait_for(lambda: _answers(cloud), 30, "the daemon answering commands")
-            yield Setup(cloud, proc, broker.port)
+            yield Setup(cloud, proc, broker.port, tmp / "rs.sock")
         finally:
             cloud.disconnect()
             proc.send_signal(signal.SIGTERM)
@@ -263,6 +266,18 @@ def test_announce_republishes_the_birth_and_a_heartbeat_once_per_interval(setup:
     assert cloud.request("status", {})["result"]["mqtt"]["announces"] == 1
     assert len(cloud.of(status)) == 2
     assert len(cloud.of(f"{ROOT}/heartbeat")) == beats + 1
+
+
+def test_the_control_socket_serves_the_same_command(setup: Setup) -> None:
+    """The technician's door: the same handler, answered in the control socket's shape."""
+    top = max(setup.cloud.bytes_by_seq(SUMMARY))
+    reply = request(
+        setup.control, "sync.resend", topic=SUMMARY, from_seq=top + 500, to_seq=top + 501
+    )
+    assert reply["ok"] is True, reply
+    assert reply["unissued"] == [[top + 500, top + 501]]
+    bad = request(setup.control, "sync.resend", topic=SUMMARY, from_seq=2, to_seq=1)
+    assert (bad["ok"], bad["code"]) == (False, "bad_request")
 
 
 CONFIG = parse_config(
