@@ -40,6 +40,9 @@ def mqtt_health(uplink: MqttUplink | None, resends: ResendStats | None = None) -
         "last_error": uplink.stats.last_error if uplink else None,
         "protocol": uplink.stats.protocol if uplink else None,
         "protocol_fallback": uplink.stats.protocol_fallback if uplink else False,
+        # The node of the current (or last) session, and what is known of every node.
+        "host": uplink.stats.host if uplink else None,
+        "hosts": uplink.hosts.report() if uplink else {},
         # Topics the broker refuses (MQTT 5 PUBACK >= 0x80), parked until a probe passes.
         "refusals": uplink.refused.total if uplink else 0,
         "refused": uplink.refused.health(time.monotonic()) if uplink else {},

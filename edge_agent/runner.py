@@ -48,12 +48,11 @@ def run_with_config(path: Path | None) -> int:
         return EXIT_CONFIG
     setup_logging(cfg.logging.level)
     logging.getLogger("edge_agent").info(
-        "edge-agent %s starting (config: %s, database: %s, broker: %s:%d, topics: %s/...)",
+        "edge-agent %s starting (config: %s, database: %s, broker: %s, topics: %s/...)",
         __version__,
         path if path else "embedded default",
         cfg.storage.path,
-        cfg.mqtt.host,
-        cfg.mqtt.port,
+        ", ".join(map(str, cfg.mqtt.nodes())),
         cfg.topic_root,
     )
     if startup is not None and startup.fallback is not None:

@@ -116,6 +116,20 @@ def _clock(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
+def _node_line(node: str, health: dict[str, Any], mqtt: dict[str, Any]) -> str:
+    """One broker node of `mqtt.hosts` on the status page."""
+    if mqtt["connected"] and node == mqtt.get("host"):
+        return f"{node} in use"
+    if health.get("failures"):
+        return (
+            f"{node} failed x{health['failures']} (last {_clock(health.get('last_failure'))}: "
+            f"{health.get('last_error')})"
+        )
+    if health.get("last_success"):
+        return f"{node} ok (last session {_clock(health['last_success'])})"
+    return f"{node} not tried"
+
+
 def render_status(st: dict[str, Any]) -> str:
     """The human-readable page of `edge-agent status`."""
     mqtt = st["mqtt"]
@@ -138,6 +152,9 @@ def render_status(st: dict[str, Any]) -> str:
         f"broker     {mqtt['broker']} {broker}; published {mqtt['published']}, "
         f"acked {mqtt['acked']}"
     )
+    hosts = mqtt.get("hosts") or {}
+    if len(hosts) > 1:
+        lines.append("nodes      " + "; ".join(_node_line(n, h, mqtt) for n, h in hosts.items()))
     refused = mqtt.get("refused") or {}
     if refused:
         lines.append(

@@ -234,6 +234,21 @@ class RefusedTopic(_Part):
     )
 
 
+class BrokerNode(_Part):
+    """What the gateway knows of one broker node (`mqtt.hosts`, or `mqtt.host:port`)."""
+
+    failures: int = Field(
+        ge=0,
+        description="Failed connects and lost sessions in a row; 0 once a CONNACK accepts one.",
+    )
+    connects: int = Field(ge=0, description="Sessions accepted by this node since start.")
+    last_failure: float | None = Field(description="When it last failed, Unix seconds; or null.")
+    last_success: float | None = Field(
+        description="When it last accepted a session, Unix seconds; or null."
+    )
+    last_error: str | None = Field(description="Its last failure; null once it accepted one.")
+
+
 class MqttHealth(_Part):
     """The uplink's counters."""
 
@@ -249,6 +264,16 @@ class MqttHealth(_Part):
         default=False,
         description='`mqtt.protocol = "auto"` runs 3.1.1 because this broker refused MQTT 5 '
         "(remembered per broker; what degrades: docs/mqtt.md).",
+    )
+    host: str | None = Field(
+        default=None,
+        description="`host:port` of the broker node of the current (or last) session; null "
+        "before the first.",
+    )
+    hosts: dict[str, BrokerNode] = Field(
+        default_factory=dict,
+        description="Every configured broker node, by `host:port`, in the configured order: "
+        "what the gateway knows of it (failover: docs/mqtt.md).",
     )
     refusals: int = Field(
         default=0,

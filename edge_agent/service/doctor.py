@@ -22,12 +22,14 @@ import stat
 import subprocess
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from edge_agent.config import AgentConfig
 from edge_agent.errors import BundleError, ConfigError, EdgeAgentError
+from edge_agent.sync.hosts import Node
 
 Status = Literal["pass", "warn", "fail"]
 RANK: dict[str, int] = {"pass": 0, "warn": 1, "fail": 2}
@@ -389,17 +391,21 @@ class _Attempt:
         return self.closed
 
 
-def _mqtt_attempt(config: AgentConfig, version: str, timeout: float) -> Check | _Attempt:
-    """One CONNECT with `version` and the configured credentials and TLS."""
+def _mqtt_attempt(
+    config: AgentConfig, version: str, timeout: float, node: Node
+) -> Check | _Attempt:
+    """One CONNECT to `node` with `version` and the configured credentials and TLS."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
     cfg = config.mqtt
-    where = f"{cfg.host}:{cfg.port}"
+    where = str(node)
     protocol = MQTTProtocolVersion.MQTTv5 if version == "5" else MQTTProtocolVersion.MQTTv311
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=f"{config.client_id}-doctor-{os.getpid()}",
+        # One id per node: a cluster knows a client id cluster-wide, and the nodes are
+        # checked at the same time.
+        client_id=f"{config.client_id}-doctor-{os.getpid()}-{node.port}-{node.host}"[:128],
         protocol=protocol,
     )
     if cfg.username:
@@ -430,7 +436,7 @@ def _mqtt_attempt(config: AgentConfig, version: str, timeout: float) -> Check | 
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
     try:
-        client.connect(cfg.host, cfg.port, keepalive=10)
+        client.connect(node.host, node.port, keepalive=10)
         client.loop_start()
         answered.wait(timeout)
     except (OSError, ssl.SSLError, ValueError) as err:
@@ -450,27 +456,56 @@ def check_broker(config: AgentConfig, *, timeout: float = 5.0) -> Check:
 
     With `mqtt.protocol = "auto"` a broker that refuses MQTT 5 is asked for 3.1.1, as the
     daemon does; a fixed version it refuses gets the setting that would work as the fix.
+    With several nodes (`mqtt.hosts`) every node is checked, at the same time, and the
+    summary says which accept a session: a warning while at least one does.
     """
+    nodes = config.mqtt.nodes()
+    if len(nodes) == 1:
+        return _check_node(config, nodes[0], timeout)
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        checks = list(pool.map(lambda node: _check_node(config, node, timeout), nodes))
+    good = [str(n) for n, c in zip(nodes, checks, strict=True) if c.status == "pass"]
+    bad = [c for c in checks if c.status != "pass"]
+    summary = f"{len(good)} of {len(nodes)} nodes accept a session" + (
+        f" ({', '.join(good)})" if good else ""
+    )
+    if not bad:
+        return Check("broker", "pass", f"{summary}: " + "; ".join(c.summary for c in checks))
+    summary += "; " + "; ".join(c.summary for c in bad)
+    fix = bad[0].fix or "check the nodes above"
+    if good:
+        return Check(
+            "broker",
+            "warn",
+            summary,
+            f"{fix} (the gateway uses the nodes that answer; one fewer node to fail over to)",
+        )
+    return Check("broker", "fail", summary, fix)
+
+
+def _check_node(config: AgentConfig, node: Node, timeout: float) -> Check:
+    """`check_broker` for one node."""
     cfg = config.mqtt
-    where = f"{cfg.host}:{cfg.port}"
+    where = str(node)
     try:
-        socket.create_connection((cfg.host, cfg.port), timeout=timeout).close()
+        socket.create_connection((node.host, node.port), timeout=timeout).close()
     except OSError as err:
+        setting = "mqtt.hosts" if cfg.hosts else "mqtt.host / mqtt.port"
         return Check(
             "broker",
             "fail",
             f"cannot reach {where}: {err}",
-            "check mqtt.host / mqtt.port, the network and the firewall; the daemon keeps "
+            f"check {setting}, the network and the firewall; the daemon keeps "
             "everything in its outbox meanwhile",
         )
     version = "3.1.1" if cfg.protocol == "3.1.1" else "5"
-    attempt = _mqtt_attempt(config, version, timeout)
+    attempt = _mqtt_attempt(config, version, timeout, node)
     if isinstance(attempt, Check):
         return attempt
     fell_back = ""
     if attempt.version_refused and cfg.protocol == "auto":
         first = attempt
-        second = _mqtt_attempt(config, "3.1.1", timeout)
+        second = _mqtt_attempt(config, "3.1.1", timeout, node)
         if isinstance(second, Check):
             return second
         if second.version_refused:
@@ -535,15 +570,19 @@ def check_broker_quirks(config: AgentConfig) -> Check:
 def check_transport(config: AgentConfig, *, timeout: float = 5.0) -> Check:
     """TLS certificate health when TLS is configured; a warning for plaintext to a remote host."""
     tls = tls_settings(config)
-    host = config.mqtt.host
+    nodes = config.mqtt.nodes()
     if tls.enabled:
-        return check_tls(host, config.mqtt.port, tls.ca_file, tls.cert_file, timeout=timeout)
-    if host in {"127.0.0.1", "::1", "localhost"}:
+        checks = [
+            check_tls(n.host, n.port, tls.ca_file, tls.cert_file, timeout=timeout) for n in nodes
+        ]
+        return max(checks, key=lambda c: RANK[c.status])
+    remote = [n.host for n in nodes if n.host not in {"127.0.0.1", "::1", "localhost"}]
+    if not remote:
         return Check("tls", "pass", "local broker without TLS")
     return Check(
         "tls",
         "warn",
-        f"plaintext MQTT to {host}: credentials and telemetry travel unencrypted",
+        f"plaintext MQTT to {', '.join(remote)}: credentials and telemetry travel unencrypted",
         "enable TLS on the broker and in the mqtt section",
     )
 

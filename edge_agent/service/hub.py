@@ -366,7 +366,10 @@ class ServiceHub:
             "outbox_depth": self.outbox_depth,
             "dropped": store.get("dropped", {}),
             "mqtt_connected": bool(mqtt.get("connected")),
-            "mqtt": {"broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}", **mqtt},
+            "mqtt": {
+                "broker": mqtt.get("host") or ", ".join(map(str, cfg.mqtt.nodes())),
+                **mqtt,
+            },
             "store": {"path": str(cfg.storage.path), **store},
             **snap,  # components, faces and whatever else reports its health
             "systemd": {

@@ -37,6 +37,7 @@ from edge_agent.store.checks import parse_count
 from edge_agent.store.db import OutboxRow, Store, Txn, dumps, fetch_outbox
 from edge_agent.store.delivered import ack_outbox
 from edge_agent.store.meta import get_json
+from edge_agent.sync.hosts import Failover, Node
 from edge_agent.sync.refused import RefusedTopics
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class UplinkStats:
     connected_since: float | None = None
     protocol: str | None = None  # of the current (or last) session: "5" or "3.1.1"
     protocol_fallback: bool = False  # mqtt.protocol = "auto" fell back to 3.1.1
+    host: str | None = None  # "host:port" of the node of the current (or last) session
 
 
 class Backoff:
@@ -351,7 +353,13 @@ class MqttUplink:
         self._will: tuple[int, str] | None = None
         self._birth: bytes | None = None  # this connection's `online` status, as published
         self.status_topic = f"{config.topic_root}/status"
-        self.where = f"{config.mqtt.host}:{config.mqtt.port}"
+        cfg = config.mqtt
+        self.hosts = Failover(
+            cfg.nodes(), rest_min_s=cfg.reconnect_min_s, rest_max_s=cfg.reconnect_max_s
+        )
+        self.node = self.hosts.current  # of the current (or next) attempt
+        self._logged: set[str] = set()  # errors logged since the last accepted session
+        self.where = str(self.node)
         self._trial = False  # trying 3.1.1 after MQTT 5 was refused (auto)
         self._refusal: str | None = None  # the broker's answer to MQTT 5, while trying 3.1.1
 
@@ -362,12 +370,17 @@ class MqttUplink:
         self.wake.set()
 
     def note_error(self, message: str, *, hint: bool = True) -> None:
-        """Remember an error; logged in full only when it changes. A configured value that
-        makes a broker refuse or drop connections is named with it (`refusal_hint`)."""
+        """Remember an error; logged in full once until a session is accepted (with several
+        nodes failing in turn, each one's error is logged once, not once per round). A
+        configured value that makes a broker refuse or drop connections is named with it
+        (`refusal_hint`)."""
         if hint and (why := refusal_hint(self.config)):
             message = f"{message} ({why})"
-        if message != self.stats.last_error:
+        if message not in self._logged:
             log.warning("mqtt: %s", message)
+            if len(self._logged) >= 64:
+                self._logged.clear()
+            self._logged.add(message)
         self.stats.last_error = message
 
     def refused_publish(self, topic: str, reason: str) -> None:
@@ -445,12 +458,14 @@ class MqttUplink:
     # -- protocol negotiation -------------------------------------------------------------
 
     async def _first_protocol(self) -> str:
-        """The version to try first: the fixed setting, or for `auto` MQTT 5 unless this
-        broker refused it before (remembered in the store's meta table)."""
+        """The version to try first with this node: the fixed setting, or for `auto` MQTT 5
+        unless this node refused it before (remembered in the store's meta table)."""
         setting = self.config.mqtt.protocol
+        self._trial = False
+        self.stats.protocol_fallback = False
         if setting != "auto":
             return setting
-        key = protocol_key(self.config.mqtt.host, self.config.mqtt.port)
+        key = protocol_key(self.node.host, self.node.port)
         saved = await self.store.call(lambda txn: get_json(txn, key, _check_protocol))
         if saved is None:
             return "5"
@@ -465,7 +480,7 @@ class MqttUplink:
     async def _accepted_protocol(self, version: str) -> None:
         """A CONNACK accepted `version`: remember a fallback, forget it when 5 is accepted."""
         self.stats.protocol = version
-        key = protocol_key(self.config.mqtt.host, self.config.mqtt.port)
+        key = protocol_key(self.node.host, self.node.port)
         if self._trial:
             self._trial = False
             self.stats.protocol_fallback = True
@@ -505,13 +520,23 @@ class MqttUplink:
         return setting, False
 
     async def run(self) -> None:
-        """Connect, drain, reconnect forever (until cancelled or `stop()`)."""
+        """Connect, drain, reconnect forever (until cancelled or `stop()`).
+
+        With several nodes (`mqtt.hosts`) a failed attempt or a lost session moves on to
+        the next node that `self.hosts` chooses; the protocol memory is per node.
+        """
         loop = asyncio.get_running_loop()
         cfg = self.config.mqtt
-        version = await self._first_protocol()
+        node: Node | None = None
+        version = "5"
         while True:
             if self._stop_ev.is_set():
                 break
+            chosen = self.hosts.next()
+            if chosen != node:
+                node = self.node = chosen
+                self.where = str(node)
+                version = await self._first_protocol()
             online_seq, online_id, will_seq, will_id = await self._allocate_status()
             conn = _Connection(self, loop, version)
             self._conn = conn
@@ -527,7 +552,7 @@ class MqttUplink:
             why = "stopped"
             try:
                 await asyncio.wait_for(
-                    asyncio.to_thread(conn.client.connect, cfg.host, cfg.port, cfg.keepalive_s),
+                    asyncio.to_thread(conn.client.connect, node.host, node.port, cfg.keepalive_s),
                     timeout=15,
                 )
                 sent = True
@@ -536,6 +561,7 @@ class MqttUplink:
                     # Never treat a refused CONNACK as a connection.
                     raise ConnectionRefusedError(f"broker refused the connection: {reason}")
                 connected = True
+                self.hosts.connected(node)
                 await self._accepted_protocol(version)
                 # Birth first: the will registered with CONNECT must never be the only state
                 # a consumer sees for this connection.
@@ -558,11 +584,11 @@ class MqttUplink:
                 if sent and not connected and conn.version_refused():
                     self.stats.connect_failures += 1  # reported by _version_refused below
                 elif connected:
-                    self.note_error(f"connection to {cfg.host}:{cfg.port} lost: {what}")
+                    self.note_error(f"connection to {self.where} lost: {what}")
                 else:
                     self.stats.connect_failures += 1
                     self.note_error(
-                        f"broker {cfg.host}:{cfg.port} unreachable: {what}; everything is kept "
+                        f"broker {self.where} unreachable: {what}; everything is kept "
                         "in the outbox and sent once it is reachable"
                     )
             finally:
@@ -583,27 +609,38 @@ class MqttUplink:
             elif not connected and self._trial:
                 self._trial = False  # 3.1.1 failed for another reason: next time 5 again
                 version = "5"
-            delay = self.backoff.next_delay()
-            log.debug("mqtt: reconnecting in %.2f s", delay)
+            pause = self.hosts.lost(node, why) if connected else self.hosts.failed(node, why)
+            if pause is None:  # a round in which no node answered: back off
+                pause = self.backoff.next_delay()
+                log.debug("mqtt: reconnecting in %.2f s", pause)
+            else:
+                log.log(
+                    logging.INFO if connected else logging.DEBUG,
+                    "mqtt: trying %s next (in %.2f s)",
+                    self.hosts.current,
+                    pause,
+                )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_ev.wait(), timeout=delay)
+                await asyncio.wait_for(self._stop_ev.wait(), timeout=pause)
 
     def _set_connected(self, connected: bool, reason: str = "") -> None:
         self.stats.connected = connected
-        cfg = self.config.mqtt
+        node = self.node
         if connected:
             self.stats.connects += 1
             self.stats.connected_since = time.time()
-            log.info("mqtt: connected to %s:%d", cfg.host, cfg.port)
+            self.stats.host = str(node)
+            log.info("mqtt: connected to %s", node)
             self.stats.last_error = None
+            self._logged.clear()
             if self.emit is not None:
                 self.emit(
-                    "mqtt.connected", host=cfg.host, port=cfg.port, protocol=self.stats.protocol
+                    "mqtt.connected", host=node.host, port=node.port, protocol=self.stats.protocol
                 )
         else:
             self.stats.connected_since = None
             if self.emit is not None and not self._stop_ev.is_set():  # not a clean stop
-                self.emit("mqtt.disconnected", "warning", reason=reason)
+                self.emit("mqtt.disconnected", "warning", reason=reason, host=str(node))
         if self._on_state is not None:
             self._on_state(connected)
 
