@@ -247,7 +247,8 @@ def test_killing_the_node_in_use_mid_stream_moves_the_gateway_and_the_consumer_m
             first = status()["mqtt"]["host"]
             assert first == hosts[0], log.read_text()[-3000:]
             cluster.by_mqtt_port(ports[0]).kill()
-            before = len(sub.of("results")), len(sub.of("heartbeat"))
+            assert any(m.payload["mqtt"].get("host") == first for m in sub.of("heartbeat"))
+            before = len(sub.of("results"))
             moved = wait_for(
                 lambda: (
                     (st := status())["mqtt"]["connected"] and st["mqtt"]["host"] != first and st
@@ -255,13 +256,18 @@ def test_killing_the_node_in_use_mid_stream_moves_the_gateway_and_the_consumer_m
                 20,
                 "the daemon connected to another node",
             )
+            # Results flow again, and a heartbeat made on the new node names it.
             wait_for(
                 lambda: (
-                    len(sub.of("results")) >= before[0] + 3
-                    and len(sub.of("heartbeat")) >= before[1] + 2
+                    len(sub.of("results")) > before
+                    and any(
+                        m.payload["mqtt"].get("host") == moved["mqtt"]["host"]
+                        and m.payload["mqtt"]["connected"]
+                        for m in sub.of("heartbeat")
+                    )
                 ),
                 30,
-                "results streaming through the next node",
+                "results and a heartbeat through the next node",
             )
         finally:
             code = stop_daemon(proc, log)
@@ -271,16 +277,21 @@ def test_killing_the_node_in_use_mid_stream_moves_the_gateway_and_the_consumer_m
             15,
             "the offline status",
         )
-    assert moved["mqtt"]["host"] == hosts[1]  # the next node in the list
+    # The next node in the list first; while the cluster elects new JetStream leaders a
+    # node may close the MQTT connection without a CONNACK (or drop it soon after), and the
+    # gateway goes on to the next one.
+    assert moved["mqtt"]["host"] in hosts[1:]
     killed = moved["mqtt"]["hosts"][first]
     assert killed["failures"] >= 1
     assert killed["connects"] == 1
     page = render_status(moved)
-    assert f"{hosts[1]} in use" in page
+    assert f"{moved['mqtt']['host']} in use" in page
     assert f"{first} failed x" in page
 
     connected = [(b["host"], b["port"]) for _, _, _, b in events(db, "mqtt.connected")]
-    assert connected == [("127.0.0.1", ports[0]), ("127.0.0.1", ports[1])]
+    assert connected[0] == ("127.0.0.1", ports[0])
+    assert len(connected) >= 2
+    assert ("127.0.0.1", ports[0]) not in connected[1:]
     conn = sqlite3.connect(db)
     try:
         outbox = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
@@ -292,10 +303,7 @@ def test_killing_the_node_in_use_mid_stream_moves_the_gateway_and_the_consumer_m
     finally:
         conn.close()
     # NATS refused MQTT 5 on each node the daemon used: remembered per node.
-    assert remembered == {
-        protocol_key("127.0.0.1", ports[0]): "3.1.1",
-        protocol_key("127.0.0.1", ports[1]): "3.1.1",
-    }
+    assert remembered == {protocol_key(host, port): "3.1.1" for host, port in set(connected)}
     assert outbox == 0
 
     checker = ContractChecker()
