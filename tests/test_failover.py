@@ -280,6 +280,13 @@ def test_killing_the_node_in_use_mid_stream_moves_the_gateway_and_the_consumer_m
     # The next node in the list first; while the cluster elects new JetStream leaders a
     # node may close the MQTT connection without a CONNACK (or drop it soon after), and the
     # gateway goes on to the next one.
+    # A birth per session, with a new seq on the new node; the clean stop's offline ends the
+    # last one. (NATS keeps a last will on the node holding the session: it died with it.)
+    states = [(m.payload["seq"], m.payload["state"]) for m in sub.of("status")]
+    births = [seq for seq, state in states if state == "online"]
+    assert len(births) >= 2
+    assert births == sorted(births)
+    assert states[-1] == (births[-1], "offline")
     assert moved["mqtt"]["host"] in hosts[1:]
     killed = moved["mqtt"]["hosts"][first]
     assert killed["failures"] >= 1
