@@ -24,7 +24,7 @@ from edge_agent.store.db import Store, enqueue
 from edge_agent.sync.mqtt import MqttUplink, protocol_key
 from edge_agent.sync.refused import RefusedTopics
 from tests.broker import Mosquitto, collector, wait_for
-from tests.daemon_proc import start_daemon, stop_daemon, write_config
+from tests.daemon_proc import cli, start_daemon, stop_daemon, write_config
 from tests.nats import Nats
 
 
@@ -190,7 +190,8 @@ def test_daemon_on_nats_shows_the_fallback_in_heartbeat_and_status(
     nats: Nats, tmp_path: Path
 ) -> None:
     """A real daemon with the default config on NATS: heartbeats arrive over 3.1.1 and
-    both the heartbeat and `status` say which version runs and that it is a fallback."""
+    the heartbeat, `status` and `edge-agent doctor` say which version runs and that it is
+    a fallback."""
     db = tmp_path / "d.db"
     config = write_config(
         tmp_path / "d.toml", db=db, sensors=[], mqtt_port=nats.mqtt_port, device="gw-nats"
@@ -205,8 +206,13 @@ def test_daemon_on_nats_shows_the_fallback_in_heartbeat_and_status(
                 "a heartbeat naming its protocol",
             )
             st = request(db.with_suffix(".sock"), "status")["status"]
+            doctor = cli("doctor", "--json", "--timeout", "5", "--config", str(config))
         finally:
             assert stop_daemon(proc, log) == 0, log.read_text()[-4000:]
+    broker = next(c for c in json.loads(doctor.stdout)["checks"] if c["name"] == "broker")
+    assert broker["status"] == "pass", doctor.stdout
+    fell_back = "accepted an MQTT 3.1.1 connection (it refused MQTT 5: Unsupported protocol"
+    assert fell_back in broker["summary"]
     beat = next(m for m in sub.of("heartbeat") if m.payload["mqtt"]["protocol"])
     assert beat.payload["mqtt"]["protocol"] == "3.1.1"
     assert beat.payload["mqtt"]["protocol_fallback"] is True
