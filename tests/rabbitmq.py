@@ -23,7 +23,6 @@ from tests.broker import ServerProcess, free_port, wait_for
 # The Debian package's /usr/sbin wrapper switches to the `rabbitmq` user (and its HOME, and
 # the system node's cookie); the script it wraps runs a node as whoever starts it.
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
-RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
 
 def rabbitmq_version() -> str:
@@ -103,12 +102,16 @@ class RabbitMQ(ServerProcess):
                 start_new_session=True,
             )
         # A first start waits 3-6 s for Raft peers of the MQTT plugin's client-id tracker.
-        wait_for(
-            lambda: self.accepting(self.mqtt_port, "rabbitmq-server MQTT"),
-            60,
-            f"rabbitmq-server MQTT on port {self.mqtt_port}",
-            interval=0.1,
-        )
+        try:
+            wait_for(
+                lambda: self.accepting(self.mqtt_port, "rabbitmq-server MQTT"),
+                60,
+                f"rabbitmq-server MQTT on port {self.mqtt_port}",
+                interval=0.1,
+            )
+        except BaseException:
+            self.stop()  # never leave a half-started node behind
+            raise
         self.start_seconds = time.monotonic() - began
 
     def _vms(self) -> list[psutil.Process]:
@@ -145,15 +148,3 @@ class RabbitMQ(ServerProcess):
     def restart(self) -> None:
         self.stop()
         self.start()
-
-    def ctl(self, *args: str) -> str:
-        """`rabbitmqctl ARGS` against this node."""
-        done = subprocess.run(
-            [RABBITMQCTL, "-n", self.node, *args],
-            capture_output=True,
-            text=True,
-            env=self.env(),
-            timeout=60,
-            check=True,
-        )
-        return done.stdout
