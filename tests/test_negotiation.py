@@ -155,6 +155,7 @@ class _DropsMqtt5(socketserver.ThreadingTCPServer):
         super().__init__(("127.0.0.1", 0), _Relay)
         self.upstream = upstream
         self.levels: list[int] = []  # the protocol level of every CONNECT seen, in order
+        self.drop_v311 = 0  # close this many more 3.1.1 CONNECTs unanswered too
         self.lock = threading.Lock()
 
     @property
@@ -201,7 +202,10 @@ class _Relay(socketserver.BaseRequestHandler):
             return
         with self.server.lock:
             self.server.levels.append(level)
-        if level == 5:
+            drop = level == 5 or self.server.drop_v311 > 0
+            if level != 5 and drop:
+                self.server.drop_v311 -= 1
+        if drop:
             return  # closed by the server without a CONNACK
         with socket.create_connection(("127.0.0.1", self.server.upstream), timeout=5) as up:
             up.sendall(packet)
@@ -258,3 +262,32 @@ def test_connect_closed_without_connack_falls_back_to_3_1_1(
     assert check_broker(_config(server.port, "5"), timeout=2).fix == FIX
     # The broker itself takes MQTT 5: the relay is what refused it.
     assert check_broker(_config(broker.port), timeout=2).summary.endswith("MQTT 5 connection")
+
+
+def test_a_node_that_took_3_1_1_closing_unanswered_is_not_a_refusal(
+    drops_mqtt5: tuple[_DropsMqtt5, Mosquitto], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node remembered for 3.1.1 that closes a CONNECT without answering (a cluster node
+    electing leaders) is retried with 3.1.1: no MQTT 5 attempt, no "refused MQTT 5 and
+    3.1.1", and the memory stays."""
+    server, _broker = drops_mqtt5
+    config = _config(server.port)
+    store = Store(tmp_path / "n.db", device_id="gw-proto", topic_root=config.topic_root)
+    store.open()
+    try:
+        _session(config, store, lambda u: u.stats.connects >= 1, "the first connection")
+        assert server.levels == [5, 4]
+        server.drop_v311 = 2
+        caplog.clear()
+        caplog.set_level(logging.INFO, logger="edge_agent.sync.mqtt")
+        uplink, _ = _session(config, store, lambda u: u.stats.connects >= 1, "the reconnection")
+        assert server.levels == [5, 4, 4, 4, 4]  # two closed unanswered, then accepted
+        assert (uplink.stats.protocol, uplink.stats.protocol_fallback) == ("3.1.1", True)
+        assert uplink.stats.connect_failures == 2
+        assert _remembered(store, config)["protocol"] == "3.1.1"
+        messages = [r.getMessage() for r in caplog.records]
+        assert not [m for m in messages if "refused MQTT 5 and 3.1.1" in m], messages
+        assert not [m for m in messages if "accepted 3.1.1" in m], messages
+        assert any("closed the connection before answering" in m for m in messages), messages
+    finally:
+        store.close()

@@ -48,6 +48,8 @@ PREFETCH = 256
 # CONNACK reason "Unsupported protocol version" (MQTT 5 0x84; 3.1.1's return code 1, which
 # paho reports with the same code).
 UNSUPPORTED_PROTOCOL = 0x84
+# Why a CONNECT counts as refused when the broker closed the connection without answering.
+NO_CONNACK = "closed without a CONNACK"
 
 
 def protocol_key(host: str, port: int) -> str:
@@ -506,6 +508,14 @@ class MqttUplink:
             self._trial, self._refusal = True, why
             log.debug("mqtt: %s refused MQTT 5 (%s); trying MQTT 3.1.1", self.where, why)
             return "3.1.1", True
+        if setting == "auto" and version == "3.1.1" and not self._trial and why == NO_CONNACK:
+            # This node took 3.1.1 before (remembered): a close before any answer is a node
+            # that is not ready (a cluster electing leaders), not a refusal of the version.
+            self.note_error(
+                f"broker {self.where} closed the connection before answering; it accepted "
+                "MQTT 3.1.1 before, trying it again"
+            )
+            return "3.1.1", False
         if setting == "auto":
             # 3.1.1 failed as well (or a remembered 3.1.1 is refused now): start over with 5.
             self.note_error(f"broker {self.where} refused MQTT 5 and 3.1.1 ({why})")
@@ -602,7 +612,7 @@ class MqttUplink:
                 break
             if sent and not connected and conn.version_refused():
                 reason_code = conn.connack_reason
-                why = str(reason_code) if reason_code is not None else "closed without a CONNACK"
+                why = str(reason_code) if reason_code is not None else NO_CONNACK
                 version, at_once = self._version_refused(version, why)
                 if at_once:
                     continue
