@@ -18,23 +18,26 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import psycopg
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.cloud.consumer import CloudConsumer, ConsumerOptions
 from edge_agent.cloud.store import CloudStore, RepairTiming
 from edge_agent.inference.bundle import shipped_models_dir
 from firmware_bridge.emulator import CsvRecording, DeviceEmulator
-from tests.broker import Mosquitto, wait_for
+from tests.broker import Mosquitto, collector, wait_for
 from tests.daemon_proc import start_daemon, stop_daemon, write_config
 from tests.nats import Nats
 from tests.postgres import Postgres
 
 RECORDING = shipped_models_dir() / "imu-activity" / "recordings" / "heldout.csv"
-FAST = RepairTiming(grace_s=0.5, retry_s=1.0, retry_max_s=2.0)
+FAST = RepairTiming(grace_s=0.5, retry_s=1.0, retry_max_s=2.0, tail_probe_s=1.0)
 
 
 @pytest.fixture
@@ -109,6 +112,34 @@ def seq_problems(dsn: str, device: str) -> list[str]:
     return problems
 
 
+def no_gap_left(dsn: str, device: str, timeout: float) -> None:
+    """Wait until every seq of `device` is stored and its gaps are closed; else fail
+    naming what is missing."""
+    try:
+        wait_for(lambda: not seq_problems(dsn, device), timeout, "no gap left")
+    except AssertionError as err:
+        gaps = query(dsn, "SELECT * FROM gaps WHERE device = %s", device)
+        raise AssertionError(f"{err}: {seq_problems(dsn, device)}; gaps: {gaps}") from None
+
+
+def every_result(dsn: str, device: str, db: Path, timeout: float) -> None:
+    """Wait until the windows stored for `device` are those its database committed; else
+    fail with what the database holds."""
+    try:
+        wait_for(lambda: results_count(dsn, device) == committed(db), timeout, "every result")
+    except AssertionError as err:
+        streams = query(
+            dsn,
+            "SELECT topic, first_seq, last_seq, received, updated_at, probed_at FROM streams "
+            "WHERE device = %s",
+            device,
+        )
+        raise AssertionError(
+            f"{err}: {results_count(dsn, device)} of {committed(db)} windows; streams "
+            f"{streams}; {seq_problems(dsn, device)}; {query(dsn, 'SELECT * FROM gateways')}"
+        ) from None
+
+
 def results_count(dsn: str, device: str) -> int:
     rows = query(
         dsn,
@@ -125,6 +156,20 @@ def committed(db: Path) -> int:
     conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
     try:
         return int(conn.execute("SELECT count(*) FROM results").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def delivered(db: Path, kind: str) -> int:
+    """The highest seq of `kind` the daemon's broker acknowledged (kept for sync.resend)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+    try:
+        row = conn.execute(
+            "SELECT max(seq) FROM delivered WHERE topic LIKE ?", (f"%/{kind}",)
+        ).fetchone()
+        return int(row[0] or 0)
     finally:
         conn.close()
 
@@ -151,9 +196,12 @@ def start_member(dsn: str, port: int, out: Path, *extra: str) -> subprocess.Pope
 
 
 @contextmanager
-def consumer(dsn: str, port: int, **options: Any) -> Iterator[CloudConsumer]:
-    """A consumer running in this process (on a thread), stopped on exit."""
-    store = CloudStore(dsn, timing=FAST)
+def consumer(
+    dsn: str, port: int, timing: RepairTiming = FAST, **options: Any
+) -> Iterator[CloudConsumer]:
+    """A consumer running in this process (on a thread), stopped on exit. The database
+    predates the gateways (`from_first`)."""
+    store = CloudStore(dsn, timing=timing, from_first=True)
     c = CloudConsumer(ConsumerOptions(port=port, **options), store)
     failure: list[BaseException] = []
 
@@ -242,3 +290,147 @@ def test_share_is_refused_loudly_where_the_broker_has_none(nats: Nats, postgres:
     )
     assert done.returncode == 2
     assert "NATS queue groups" in done.stderr
+
+
+def _clear_retained(port: int, topic: str) -> None:
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="clear")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_reannounce_gives_the_status_when_no_retained_one_is_delivered(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """A running daemon's retained birth is cleared (as a broker that keeps retained
+    messages from wildcard subscribers would never send it); a consumer that starts asks
+    the fleet to announce itself and gets the gateway's status row from the daemon."""
+    dsn = postgres.database()
+    with Mosquitto(tmp_path) as broker:
+        log = tmp_path / "daemon.log"
+        config = write_config(
+            tmp_path / "gw-ann.toml",
+            db=tmp_path / "gw-ann.db",
+            sensors=[],
+            mqtt_port=broker.port,
+            device="gw-ann",
+            sections={"sync": {"heartbeat_interval_s": 3600.0}},
+        )
+        daemon = start_daemon(config, log)
+        try:
+            with collector(broker.port, "edge/t1/s1/gw-ann/status") as sub:
+                wait_for(lambda: sub.of("status"), 30, "the daemon's birth")
+            _clear_retained(broker.port, "edge/t1/s1/gw-ann/status")
+            with consumer(dsn, broker.port) as c:
+                wait_for(
+                    lambda: query(dsn, "SELECT 1 FROM gateways WHERE online IS NOT NULL"),
+                    10,
+                    "the gateway's status row",
+                )
+                assert c.announces == 1
+            rows = query(dsn, "SELECT online FROM gateways WHERE device = 'gw-ann'")
+            assert rows == [(True,)]
+            logged = query(dsn, "SELECT retained FROM status_log")
+            assert logged == [(False,)], "it came from the re-announce, not the retained copy"
+        finally:
+            assert stop_daemon(daemon, log) == 0, log.read_text()[-4000:]
+
+
+def test_a_gap_made_real_is_asked_for_and_filled(
+    tmp_path: Path, postgres: Postgres, emulators: list[DeviceEmulator]
+) -> None:
+    """A consumer with a clean session stops while the daemon goes on publishing: what was
+    published meanwhile is gone from the broker. The next consumer sees the seq jump, asks
+    `sync.resend` after the grace period, and the gateway's kept copies fill the gap."""
+    dsn = postgres.database()
+    db = tmp_path / "gw-gap.db"
+    log = tmp_path / "daemon.log"
+    with Mosquitto(tmp_path) as broker:
+        config = daemon_config(tmp_path, broker.port, emulators, "gw-gap")
+        with consumer(dsn, broker.port):  # subscribed before the daemon's first message
+            daemon = start_daemon(config, log)
+            try:
+                wait_for(lambda: results_count(dsn, "gw-gap") >= 20, 30, "results stored")
+            except BaseException:
+                stop_daemon(daemon, log)
+                raise
+        try:
+            stored = query(dsn, "SELECT max(seq) FROM messages WHERE kind = 'results'")[0][0]
+            wait_for(
+                lambda: delivered(db, "results") >= stored + 3,
+                30,
+                "results delivered to the broker while no consumer was there",
+            )
+            # No tail probe: it would ask for the missed messages before the seq jump shows.
+            with consumer(dsn, broker.port, replace(FAST, tail_probe_s=0)) as c:
+                try:
+                    wait_for(
+                        lambda: query(dsn, "SELECT 1 FROM gaps WHERE state = 'repaired'"),
+                        20,
+                        "a repaired gap",
+                    )
+                except AssertionError as err:
+                    gaps = query(dsn, "SELECT * FROM gaps")
+                    streams = query(dsn, "SELECT topic, first_seq, last_seq, received FROM streams")
+                    raise AssertionError(
+                        f"{err}: gaps {gaps}; streams {streams}; {c.counts}"
+                    ) from None
+                no_gap_left(dsn, "gw-gap", 20)
+                assert stop_daemon(daemon, log) == 0, log.read_text()[-4000:]
+                every_result(dsn, "gw-gap", db, 10)
+                no_gap_left(dsn, "gw-gap", 10)
+        finally:
+            assert stop_daemon(daemon, log) == 0, log.read_text()[-4000:]
+    assert c.counts.get("resend_requests", 0) >= 1
+    assert c.counts.get("resend_replies", 0) >= 1
+    rows = query(
+        dsn,
+        "SELECT topic, to_seq - from_seq + 1, attempts FROM gaps WHERE state = 'repaired'",
+    )
+    results_gap = [r for r in rows if r[0].endswith("/results")]
+    assert results_gap, rows
+    assert all(n >= 1 and attempts >= 1 for _, n, attempts in rows)
+    assert query(dsn, "SELECT count(*) FROM gaps WHERE state <> 'repaired'") == [(0,)]
+
+
+def test_nats_restarted_twice_the_consumer_ends_with_no_gap(
+    tmp_path: Path, postgres: Postgres, nats: Nats, emulators: list[DeviceEmulator]
+) -> None:
+    """The loss is real here: NATS restarted under a running daemon (protocol auto, 3.1.1
+    on NATS) and a consumer with a persistent session. Whatever NATS loses is asked for
+    again; at the end every seq of every topic is stored and no gap is open."""
+    dsn = postgres.database()
+    db = tmp_path / "gw-nats.db"
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(daemon_config(tmp_path, nats.mqtt_port, emulators, "gw-nats"), log)
+    try:
+        with consumer(dsn, nats.mqtt_port, client_id="cloud-nats", session_expiry=3600) as c:
+            assert c.version == "3.1.1"
+            for restart in range(3):
+                floor = results_count(dsn, "gw-nats")
+                wait_for(
+                    lambda floor=floor, n=restart + 1: (
+                        c.connections == n and results_count(dsn, "gw-nats") >= floor + 20
+                    ),
+                    30,
+                    f"the consumer connected and results flowing ({restart} restarts)",
+                )
+                if restart < 2:
+                    nats.stop()
+                    nats.start()
+            # The sensors stop; the gateway runs on and answers sync.resend: a loss in the
+            # middle is revealed by the next seq, one at the end by the tail probe.
+            for e in emulators:
+                e.close()
+            every_result(dsn, "gw-nats", db, 30)
+            no_gap_left(dsn, "gw-nats", 30)
+            assert stop_daemon(daemon, log) == 0, log.read_text()[-4000:]
+            every_result(dsn, "gw-nats", db, 10)
+            no_gap_left(dsn, "gw-nats", 10)
+    finally:
+        assert stop_daemon(daemon, log) == 0, log.read_text()[-4000:]
+    assert c.announces == c.connections >= 3  # a re-announce after every connection

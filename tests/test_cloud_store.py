@@ -162,3 +162,13 @@ def test_report_exit_status(store: CloudStore, capsys: pytest.CaptureFixture[str
     assert last["ok"] is False
     assert last["violations"] == ["t1/s1/gw-1 results: seq gap 2..2 (1 missing, open)"]
     assert cli.main(["report", "--dsn", "host=127.0.0.1 port=1 connect_timeout=1"]) == 2
+
+
+def test_from_first_counts_a_missed_beginning(store: CloudStore) -> None:
+    """By default nothing before the first seq received is a gap (a consumer joining a
+    running fleet); with `from_first` (the database predates the gateways) it is."""
+    write(store, (RES, results("gw-1", 3)))
+    assert gaps(store) == []
+    with CloudStore(store.dsn, from_first=True) as early:
+        early.write(items("edge", (f"{GW}/heartbeat", heartbeat("gw-1", 3))), time.time())
+    assert gaps(store) == [(1, 2, "open", 2, 0)]

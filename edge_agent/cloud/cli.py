@@ -89,7 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--retry-max", type=float, default=120.0, metavar="S", help="cap of the retry delay"
     )
+    run.add_argument(
+        "--tail-probe",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="ask an online gateway once what follows a topic that went quiet S seconds ago "
+        "(a loss at the end of a burst has no later seq to reveal it); 0: never (default 300)",
+    )
     run.add_argument("--no-repair", action="store_true", help="account gaps, never ask")
+    run.add_argument(
+        "--from-first",
+        action="store_true",
+        help="a topic first seen above seq 1 misses its beginning (the database predates "
+        "the gateways); default: nothing before the first seq received is a gap",
+    )
     run.add_argument("--duration", type=float, default=0, metavar="S", help="stop after S seconds")
     run.add_argument(
         "--idle-exit", type=float, default=0, metavar="S", help="stop after S quiet seconds"
@@ -133,14 +147,24 @@ def _run(args: argparse.Namespace) -> int:
     if bool(args.certfile) != bool(args.keyfile):
         print("mutual TLS needs both --certfile and --keyfile", file=sys.stderr)
         return 2
-    if args.grace < 0 or args.retry <= 0 or args.retry_max < args.retry:
-        print("--grace >= 0, --retry > 0 and --retry-max >= --retry", file=sys.stderr)
+    if args.grace < 0 or args.retry <= 0 or args.retry_max < args.retry or args.tail_probe < 0:
+        print(
+            "--grace >= 0, --retry > 0, --retry-max >= --retry and --tail-probe >= 0",
+            file=sys.stderr,
+        )
         return 2
-    timing = RepairTiming(grace_s=args.grace, retry_s=args.retry, retry_max_s=args.retry_max)
+    timing = RepairTiming(
+        grace_s=args.grace,
+        retry_s=args.retry,
+        retry_max_s=args.retry_max,
+        tail_probe_s=args.tail_probe,
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with CloudStore(args.dsn, prefix=args.prefix, timing=timing) as store:
+    with CloudStore(
+        args.dsn, prefix=args.prefix, timing=timing, from_first=args.from_first
+    ) as store:
         consumer = CloudConsumer(_options(args), store, stop)
 
         def ready(topic_filter: str) -> None:

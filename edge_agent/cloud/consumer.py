@@ -41,6 +41,9 @@ log = logging.getLogger("edge_agent.cloud")
 
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK "Unsupported protocol version" (3.1.1's 1, as paho says)
 COMMAND = "sync.resend"
+COMMAND_TOPIC = "sync_resend"
+"""The command's topic level: the `_` spelling every broker carries (NATS 2.9 refuses a `.`
+in a topic, RabbitMQ 3.10 makes it a level); the gateway reads it as `sync.resend`."""
 MAX_REPLY_BYTES = 1 << 20
 MAX_REPLY_RANGES = 10_000
 PENDING_TTL_S = 600.0
@@ -339,6 +342,8 @@ class CloudConsumer:
         if self.options.repair and self._client is not None:
             for gap in self._with_db(lambda: self.store.claim_due(now)):
                 self._ask(gap, now)
+            for probe in self._with_db(lambda: self.store.claim_tails(now)):
+                self._ask(probe, now, "tail_probes")
 
     def _with_db(self, op: Callable[[], Any]) -> Any:
         """Run a store operation; on a lost database connection reconnect with backoff."""
@@ -357,7 +362,7 @@ class CloudConsumer:
 
     # -- gap repair ---------------------------------------------------------------------------
 
-    def _ask(self, gap: DueGap, now: float) -> None:
+    def _ask(self, gap: DueGap, now: float, counter: str = "resend_requests") -> None:
         client = self._client
         if client is None:
             return
@@ -369,9 +374,11 @@ class CloudConsumer:
                 props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 props.ResponseTopic = self.reply_topic
                 props.CorrelationData = request_id.encode()
-            client.publish(f"{gap.root}/cmd/{COMMAND}", json.dumps(body), qos=1, properties=props)
+            client.publish(
+                f"{gap.root}/cmd/{COMMAND_TOPIC}", json.dumps(body), qos=1, properties=props
+            )
             self._pending[request_id] = (gap.gap_id, gap.topic, now)
-            self.counts["resend_requests"] = self.counts.get("resend_requests", 0) + 1
+            self.counts[counter] = self.counts.get(counter, 0) + 1
             log.info(
                 "asked %s for %s %d..%d (attempt %d)", gap.root, gap.topic, lo, hi, gap.attempt
             )
@@ -381,7 +388,7 @@ class CloudConsumer:
 
     def _is_reply(self, item: Inbound) -> bool:
         return item.topic == self.reply_topic or (
-            reply_root(item.topic, self.prefix, COMMAND) is not None
+            reply_root(item.topic, self.prefix, (COMMAND, COMMAND_TOPIC)) is not None
         )
 
     def _reply(self, item: Inbound, now: float) -> None:
@@ -402,7 +409,7 @@ class CloudConsumer:
             if key not in self._warned:
                 self._warned.add(key)
                 log.warning("%s refused sync.resend: %s", body.get("device"), text)
-            if pending is not None:
+            if pending is not None and pending[0]:
                 self._with_db(lambda: self.store.note_error(pending[0], text))
             return
         result = body["result"]
@@ -468,7 +475,7 @@ def parse_reply(item: Inbound, prefix: str, reply_topic: str) -> dict[str, Any] 
     name = parse_topic(topic, prefix)
     if name is None or name.kind == "status" or name.device != body.get("device"):
         return f"topic {topic!r} is not a telemetry topic of device {body.get('device')!r}"
-    root = reply_root(item.topic, prefix, COMMAND)
+    root = reply_root(item.topic, prefix, (COMMAND, COMMAND_TOPIC))
     if item.topic != reply_topic and (root is None or not topic.startswith(root + "/")):
         return f"topic {topic!r} is not of the gateway that answered"
     checked: dict[str, Any] = {"topic": topic, "from_seq": lo, "to_seq": hi}

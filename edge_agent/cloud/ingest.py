@@ -114,8 +114,10 @@ def eviction_of(item: Telemetry) -> tuple[str, int, int, str] | None:
     return (f"{root}/{body['topic']}", int(body["seq_from"]), int(body["seq_to"]), body["reason"])
 
 
-def reply_root(topic: str, prefix: str, command: str) -> str | None:
-    """The gateway root of a 3.1.1-style reply topic `<root>/reply/<command>`, else None."""
+def reply_root(topic: str, prefix: str, names: tuple[str, ...]) -> str | None:
+    """The gateway root of a 3.1.1-style reply topic `<root>/reply/<name>` (one of
+    `names`, the spellings of one command), else None."""
     head = re.escape(prefix.rstrip("/"))
-    match = re.fullmatch(rf"({head}/[^/]+/[^/]+/[^/]+)/reply/{re.escape(command)}", topic)
+    spelled = "|".join(re.escape(n) for n in names)
+    match = re.fullmatch(rf"({head}/[^/]+/[^/]+/[^/]+)/reply/(?:{spelled})", topic)
     return match.group(1) if match else None

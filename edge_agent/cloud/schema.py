@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_kind_received ON messages (kind, received_at);
 
 -- Per (device, topic): the highest seq stored (gap detection) and what arrived.
+-- `probed_at`: when the consumer last asked above `last_seq` after the stream went quiet
+-- (a loss at the very end of a burst has no later seq to reveal it).
 CREATE TABLE IF NOT EXISTS streams (
     device      text NOT NULL,
     topic       text NOT NULL,
@@ -56,8 +58,10 @@ CREATE TABLE IF NOT EXISTS streams (
     conflicts   bigint NOT NULL DEFAULT 0,
     reordered   bigint NOT NULL DEFAULT 0,
     updated_at  timestamptz NOT NULL DEFAULT now(),
+    probed_at   timestamptz,
     PRIMARY KEY (device, topic)
 );
+ALTER TABLE streams ADD COLUMN IF NOT EXISTS probed_at timestamptz;
 
 -- Seq ranges found missing. `missing` counts seqs neither stored nor evicted, `evicted`
 -- those the gateway dropped by policy. open: within the grace period or never asked;

@@ -31,6 +31,7 @@ from psycopg.types.json import Jsonb
 
 from edge_agent.cloud.ingest import Rejected, Telemetry, Unrelated, eviction_of
 from edge_agent.cloud.ranges import (
+    MAX_RESEND_SEQS,
     Range,
     holes,
     intersect,
@@ -66,12 +67,20 @@ class RepairTiming:
         retry_max_s: Cap of the retry delay.
         max_spans: `sync.resend` requests sent per gap per attempt (each ≤ 10,000 seqs);
             the rest of a very long gap is asked on the next attempts.
+        tail_probe_s: A stream of an online gateway quiet this long is asked once for
+            what follows its last seq: a loss at the end of a burst has no later message
+            to reveal it. Longer than the gateway's cadences (heartbeat 30 s, summary
+            60 s by default), so a steady stream is never probed. 0: never.
+        tail_span: Seqs a tail probe asks for (the gateway answers `unissued` for those
+            it never issued, so the span costs nothing when nothing was lost).
     """
 
     grace_s: float = 2.0
     retry_s: float = 5.0
     retry_max_s: float = 120.0
     max_spans: int = 5
+    tail_probe_s: float = 300.0
+    tail_span: int = 1000
 
     def retry_delay(self, attempts: int) -> float:
         base = min(self.retry_max_s, self.retry_s * 2.0 ** max(0, attempts - 1))
@@ -104,12 +113,28 @@ class DueGap:
 class CloudStore:
     """The consumer's PostgreSQL connection and everything it writes and reads.
 
+    Args:
+        dsn: libpq connection string.
+        prefix: Topic prefix of the fleet.
+        timing: When gaps are asked for.
+        from_first: A stream seen for the first time above seq 1 has a gap from 1 (for a
+            database that predates the gateways; off, a consumer joining a running fleet
+            would ask for everything before it joined).
+
     Not thread-safe: one thread (the consumer's writer) uses it. `close()` is safe twice.
     """
 
-    def __init__(self, dsn: str, *, prefix: str = "edge", timing: RepairTiming | None = None):
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        prefix: str = "edge",
+        timing: RepairTiming | None = None,
+        from_first: bool = False,
+    ):
         self.prefix = prefix.rstrip("/")
         self.timing = timing or RepairTiming()
+        self.from_first = from_first
         self.dsn = dsn
         self.conn = psycopg.connect(dsn, autocommit=False)
         self._closed = False
@@ -325,7 +350,9 @@ class CloudStore:
             )
         if not seqs:
             return
-        new = holes(last, seqs)
+        # Every topic's seq starts at 1: with `from_first` (a database older than the
+        # fleet) a stream first seen above 1 lost its beginning.
+        new = holes(0 if last is None and self.from_first else last, seqs)
         fills = sorted(s for s in seqs if last is not None and s <= last)
         for lo, hi in new:
             gap_id = self.conn.execute(
@@ -521,6 +548,31 @@ class CloudStore:
                     root = str(topic).rsplit("/", 1)[0]
                     chosen = spans[: self.timing.max_spans]
                     due.append(DueGap(int(gap_id), root, str(topic), chosen, attempt))
+        return due
+
+    def claim_tails(self, now: float, limit: int = 50) -> list[DueGap]:
+        """Streams of online gateways quiet for `tail_probe_s` since their last message and
+        not probed since: each is marked probed and returned with the span after its last
+        seq (gap id 0: a probe, not a gap)."""
+        if self.timing.tail_probe_s <= 0:
+            return []
+        due: list[DueGap] = []
+        with self.conn.transaction():
+            rows = self.conn.execute(
+                "SELECT s.device, s.topic, s.last_seq FROM streams s JOIN gateways g "
+                "ON (g.tenant, g.site, g.device) = (s.tenant, s.site, s.device) "
+                "WHERE g.online AND s.last_seq IS NOT NULL AND s.updated_at <= %s "
+                "AND (s.probed_at IS NULL OR s.probed_at < s.updated_at) "
+                "ORDER BY s.updated_at LIMIT %s FOR UPDATE OF s SKIP LOCKED",
+                (at(now - self.timing.tail_probe_s), limit),
+            ).fetchall()
+            for device, topic, last in rows:
+                self.conn.execute(
+                    "UPDATE streams SET probed_at = %s WHERE device = %s AND topic = %s",
+                    (at(now), device, topic),
+                )
+                span = (int(last) + 1, int(last) + min(self.timing.tail_span, MAX_RESEND_SEQS))
+                due.append(DueGap(0, str(topic).rsplit("/", 1)[0], str(topic), [span], 1))
         return due
 
     def missing_spans(self, device: str, topic: str, lo: int, hi: int) -> list[Range]:
