@@ -40,9 +40,11 @@ def mqtt_health(uplink: MqttUplink | None, resends: ResendStats | None = None) -
         "last_error": uplink.stats.last_error if uplink else None,
         "protocol": uplink.stats.protocol if uplink else None,
         "protocol_fallback": uplink.stats.protocol_fallback if uplink else False,
-        # The node of the current (or last) session, and what is known of every node.
+        # The node of the current (or last) session, and what is known of every node when
+        # there are several (one node's figures would repeat the lines around them, in every
+        # heartbeat).
         "host": uplink.stats.host if uplink else None,
-        "hosts": uplink.hosts.report() if uplink else {},
+        "hosts": _nodes(uplink),
         # Topics the broker refuses (MQTT 5 PUBACK >= 0x80), parked until a probe passes.
         "refusals": uplink.refused.total if uplink else 0,
         "refused": uplink.refused.health(time.monotonic()) if uplink else {},
@@ -51,6 +53,11 @@ def mqtt_health(uplink: MqttUplink | None, resends: ResendStats | None = None) -
         "resend_requests": resends.requests if resends else 0,
         "announces": resends.announces if resends else 0,
     }
+
+
+def _nodes(uplink: MqttUplink | None) -> dict[str, Any]:
+    report = uplink.hosts.report() if uplink else {}
+    return report if len(report) > 1 else {}
 
 
 def store_health(store: Store, dropped: Mapping[str, int], delivered: int = 0) -> dict[str, Any]:

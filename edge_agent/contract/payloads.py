@@ -272,8 +272,9 @@ class MqttHealth(_Part):
     )
     hosts: dict[str, BrokerNode] = Field(
         default_factory=dict,
-        description="Every configured broker node, by `host:port`, in the configured order: "
-        "what the gateway knows of it (failover: docs/mqtt.md).",
+        description="With several broker nodes (`mqtt.hosts`), every one, by `host:port`, in "
+        "the configured order: what the gateway knows of it (failover: docs/mqtt.md); empty "
+        "with one node.",
     )
     refusals: int = Field(
         default=0,
