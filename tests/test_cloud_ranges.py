@@ -1,5 +1,6 @@
-"""The seq-range arithmetic of the cloud consumer, against plain sets (hypothesis), and the
-`sync.resend` reply parser against anything a broker may hand it."""
+"""The seq-range arithmetic of the cloud consumer, against plain sets (hypothesis); the
+`sync.resend` reply parser and the telemetry classifier against anything a broker may hand
+them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.cloud.consumer import parse_reply
-from edge_agent.cloud.ingest import Inbound
+from edge_agent.cloud.ingest import Inbound, Rejected, Telemetry, classify
 from edge_agent.cloud.ranges import (
     complement,
     holes,
@@ -159,3 +160,24 @@ REPLIES = st.fixed_dictionaries(
 def test_the_reply_parser_never_raises(raw: bytes) -> None:
     got = parse_reply(Inbound(REPLY_TOPIC, raw, False, 0.0), "edge", REPLY_TOPIC)
     assert isinstance(got, dict | str)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["results", "status", "events", "heartbeat", "summary", "nope"]),
+    st.binary(max_size=200)
+    | st.builds(lambda v: json.dumps(v).encode(), JSON)
+    | st.builds(
+        lambda seq, extra: json.dumps(
+            {"device": "gw-1", "seq": seq, "msg_id": "a" * 32, "ts": 1.0, **extra}
+        ).encode(),
+        st.integers(min_value=-5, max_value=2**70),
+        st.dictionaries(st.text(max_size=6), JSON, max_size=4),
+    ),
+)
+def test_classify_never_raises_and_keeps_only_storable_telemetry(kind: str, raw: bytes) -> None:
+    got = classify(Inbound(f"edge/t1/s1/gw-1/{kind}", raw, False, 0.0), "edge")
+    assert isinstance(got, Telemetry | Rejected)
+    if isinstance(got, Telemetry):
+        assert 1 <= got.payload.seq < 2**63
+        assert "\x00" not in got.json()

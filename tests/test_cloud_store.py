@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from edge_agent.cloud import cli
-from edge_agent.cloud.ingest import classify
+from edge_agent.cloud.consumer import CloudConsumer, ConsumerOptions
+from edge_agent.cloud.ingest import Telemetry, classify
 from edge_agent.cloud.report import report
 from edge_agent.cloud.store import CloudStore, RepairTiming
 from tests.cloud_messages import evicted, heartbeat, inbound, items, results, status
@@ -172,3 +173,29 @@ def test_from_first_counts_a_missed_beginning(store: CloudStore) -> None:
     with CloudStore(store.dsn, from_first=True) as early:
         early.write(items("edge", (f"{GW}/heartbeat", heartbeat("gw-1", 3))), time.time())
     assert gaps(store) == [(1, 2, "open", 2, 0)]
+
+
+def test_what_postgresql_cannot_hold_is_rejected_not_fatal(store: CloudStore) -> None:
+    """Values the contract's models accept but a database cannot store (NaN, infinity, a
+    NUL in text, a seq beyond bigint) are rejected at the door; anything else the database
+    refuses fails only its own message, never the batch (checked by handing the writer a
+    message that skipped the door)."""
+    nan = json.dumps(results("gw-1", 2)).replace('"confidence": [0.9]', '"confidence": [NaN]')
+    nul = results("gw-1", 3)
+    nul["sensor"] = "s\x00"
+    huge = results("gw-1", 2**63)
+    out = write(store, (RES, nan.encode()), (RES, nul), (RES, huge), (RES, results("gw-1", 1)))
+    assert (out.counts["rejected"], out.counts["accepted"]) == (3, 1)
+    reasons = [r[0] for r in rows(store, "SELECT reason FROM rejects ORDER BY id")]
+    assert ["NaN or infinite" in reasons[0], "NUL" in reasons[1], "beyond" in reasons[2]] == [
+        True,
+        True,
+        True,
+    ]
+    sneaked = classify(inbound(RES, results("gw-1", 4)), "edge")
+    assert isinstance(sneaked, Telemetry)
+    sneaked.message["sensor"] = "s\x00"  # past the door: PostgreSQL refuses it
+    consumer = CloudConsumer(ConsumerOptions(), store)
+    outcomes = consumer._write([classify(inbound(RES, results("gw-1", 5)), "edge"), sneaked], 0)
+    assert sum(o.counts["accepted"] for o in outcomes) == 1
+    assert "refused by the database" in rows(store, "SELECT reason FROM rejects ORDER BY id")[-1][0]

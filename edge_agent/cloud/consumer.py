@@ -32,7 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.cloud.ingest import Inbound, Rejected, classify, reply_root
 from edge_agent.cloud.ranges import MAX_RESEND_SEQS, Range, merge, size
-from edge_agent.cloud.store import CloudStore, DueGap
+from edge_agent.cloud.store import BatchOutcome, CloudStore, DueGap
 from edge_agent.contract.topics import parse_topic
 
 __all__ = ["SHARE_ALTERNATIVES", "CloudConsumer", "ConsumerOptions", "UsageError"]
@@ -331,9 +331,9 @@ class CloudConsumer:
         classified = [classify(i, self.prefix) for i in batch if not self._is_reply(i)]
         now = time.time()
         if classified:
-            outcome = self._with_db(lambda: self.store.write(classified, now))
-            for key, n in outcome.counts.items():
-                self.counts[key] = self.counts.get(key, 0) + n
+            for outcome in self._write(classified, now):
+                for key, n in outcome.counts.items():
+                    self.counts[key] = self.counts.get(key, 0) + n
             for item in classified:
                 if isinstance(item, Rejected):
                     log.warning("%s: rejected: %s", item.inbound.topic, item.reason[:300])
@@ -344,6 +344,30 @@ class CloudConsumer:
                 self._ask(gap, now)
             for probe in self._with_db(lambda: self.store.claim_tails(now)):
                 self._ask(probe, now, "tail_probes")
+
+    def _write(self, items: list[Any], now: float) -> list[BatchOutcome]:
+        """Store a batch; if the database refuses it for its content (a value the checks
+        let through), store the messages one by one and reject the ones it refuses."""
+        try:
+            return [self._with_db(lambda: self.store.write(items, now))]
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as err:
+            log.warning("a batch was refused (%s); storing its messages one by one", err)
+        outcomes = []
+        for item in items:
+            try:
+                outcomes.append(self._write_one(item, now))
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as err:
+                reason = f"refused by the database: {str(err).splitlines()[0][:300]}"
+                outcomes.append(self._write_one(Rejected(item.inbound, reason), now))
+        return outcomes
+
+    def _write_one(self, item: Any, now: float) -> BatchOutcome:
+        outcome: BatchOutcome = self._with_db(lambda: self.store.write([item], now))
+        return outcome
 
     def _with_db(self, op: Callable[[], Any]) -> Any:
         """Run a store operation; on a lost database connection reconnect with backoff."""

@@ -64,7 +64,7 @@ class Telemetry:
         return (self.name.tenant, self.name.site, self.name.device)
 
     def json(self) -> str:
-        return json.dumps(self.message, separators=(",", ":"))
+        return json.dumps(self.message, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,39 @@ def classify(inbound: Inbound, prefix: str) -> Telemetry | Rejected | Unrelated:
             (payload.tenant, payload.site) != (name.tenant, name.site)
         ):
             raise PayloadError(name.kind, ["tenant/site do not match the topic's"])
+        _storable(name.kind, payload, message)
     except PayloadError as err:
         return Rejected(inbound, str(err))
+    except RecursionError:
+        return Rejected(inbound, f"{name.kind} payload: nested too deeply")
     return Telemetry(inbound, name, payload, message)
+
+
+MAX_SEQ = 2**63 - 1
+"""PostgreSQL's bigint."""
+
+
+def _storable(kind: str, payload: Envelope, message: Any) -> None:
+    """What the contract's models let through but PostgreSQL cannot hold: numbers beyond
+    bigint, NaN or infinity (JSON has neither; Python's parser takes them), NUL in text."""
+    if payload.seq > MAX_SEQ:
+        raise PayloadError(kind, [f"seq: {payload.seq} is beyond {MAX_SEQ}"])
+    try:
+        json.dumps(message, allow_nan=False)
+    except ValueError as err:
+        raise PayloadError(kind, ["a number is NaN or infinite"]) from err
+    if _has_nul(message):
+        raise PayloadError(kind, ["a string holds a NUL character"])
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def eviction_of(item: Telemetry) -> tuple[str, int, int, str] | None:
