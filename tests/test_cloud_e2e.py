@@ -12,7 +12,9 @@ pseudo-terminals.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -290,6 +292,71 @@ def test_share_is_refused_loudly_where_the_broker_has_none(nats: Nats, postgres:
     )
     assert done.returncode == 2
     assert "NATS queue groups" in done.stderr
+
+
+class _NoSharedSubscriptions(threading.Thread):
+    """A listener that answers any CONNECT with an MQTT 5 CONNACK saying
+    SharedSubscriptionAvailable = 0, then closes.
+
+    No broker on this machine says that (mosquitto offers shared subscriptions; NATS and
+    RabbitMQ 3.10 speak 3.1.1 only), so this CONNACK is the one part made up here: the
+    consumer's check of it is what is tested.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="no-share", daemon=True)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.connects = 0
+
+    def run(self) -> None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNACK)  # type: ignore[no-untyped-call]
+        props.SharedSubscriptionAvailable = 0
+        body = b"\x00\x00" + props.pack()
+        connack = bytes([0x20, len(body)]) + body
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)  # the CONNECT
+                    self.connects += 1
+                    conn.sendall(connack)
+                    conn.recv(65536)  # until the client closes
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_share_is_refused_when_the_connack_says_shared_subscriptions_are_unavailable(
+    postgres: Postgres,
+) -> None:
+    """An MQTT 5 broker whose CONNACK says SharedSubscriptionAvailable = 0: `--share`
+    exits 2 naming the property and the native alternatives, instead of a silent 0."""
+    listener = _NoSharedSubscriptions()
+    listener.start()
+    try:
+        done = subprocess.run(
+            cloud_cli(
+                "run", "--dsn", postgres.database(), "--port", str(listener.port), "--share", "g"
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        listener.close()
+    assert done.returncode == 2, done.stderr
+    assert "SharedSubscriptionAvailable = 0" in done.stderr
+    assert "amq.topic" in done.stderr
+    assert listener.connects == 1  # MQTT 5 was accepted: no 3.1.1 attempt
 
 
 def _clear_retained(port: int, topic: str) -> None:
