@@ -15,6 +15,7 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -81,6 +82,11 @@ class Postgres(ServerProcess):
             capture_output=True,
             **self._as_owner(),
         )
+        self._launch()
+
+    def _launch(self) -> None:
+        assert self.root is not None
+        bindir, data = _bindir(), self.root / "data"
         log = self.root / "postgres.log"
         argv = [
             str(bindir / "postgres"),
@@ -104,9 +110,17 @@ class Postgres(ServerProcess):
             "shared_buffers=32MB",
         ]
         self.log = log
-        with log.open("wb") as out:
+        with log.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=out, **self._as_owner())
         wait_for(self._ready, 30, f"PostgreSQL on port {self.port}")
+
+    def restart(self) -> None:
+        """Stop the server at once (fast shutdown: clients are cut off) and start it again
+        on the same data and port."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+        self._launch()
 
     def _ready(self) -> bool:
         if not self.accepting(self.port, "postgres"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -501,3 +502,31 @@ def test_nats_restarted_twice_the_consumer_ends_with_no_gap(
     finally:
         assert stop_daemon(daemon, log) == 0, log.read_text()[-4000:]
     assert c.announces == c.connections >= 3  # a re-announce after every connection
+
+
+def test_postgres_restarted_under_the_consumer_loses_nothing(
+    tmp_path: Path, emulators: list[DeviceEmulator], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database goes away mid-stream (a fast shutdown cuts the consumer's connection)
+    and comes back: the consumer retries the batch in hand with backoff, keeps what arrives
+    meanwhile, and ends with every result and no gap."""
+    caplog.set_level(logging.ERROR, logger="edge_agent.cloud")
+    with Postgres() as pg, Mosquitto(tmp_path) as broker:
+        dsn = pg.database()
+        db = tmp_path / "gw-pg.db"
+        log = tmp_path / "daemon.log"
+        config = daemon_config(tmp_path, broker.port, emulators, "gw-pg")
+        with consumer(dsn, broker.port) as c:
+            daemon = start_daemon(config, log)
+            try:
+                wait_for(lambda: results_count(dsn, "gw-pg") >= 10, 30, "results stored")
+                before = results_count(dsn, "gw-pg")
+                pg.restart()
+                wait_for(lambda: results_count(dsn, "gw-pg") > before + 10, 30, "storing again")
+            finally:
+                assert stop_daemon(daemon, log) == 0, log.read_text()[-4000:]
+            every_result(dsn, "gw-pg", db, 20)
+            no_gap_left(dsn, "gw-pg", 10)
+            assert c.connections == 1  # the broker session was never dropped
+    lost = [r.getMessage() for r in caplog.records if "PostgreSQL" in r.getMessage()]
+    assert lost, "the outage was never noticed"
