@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from edge_agent.config import load_config
 
@@ -50,3 +53,28 @@ def test_init_refuses_to_overwrite_and_rejects_bad_answers(tmp_path: Path) -> No
     pair = _cli("init", "--path", str(tmp_path / "y.toml"), "--serial", "no-equals-sign")
     assert pair.returncode == 2
     assert "NAME=VALUE" in pair.stderr
+
+
+def test_init_takes_a_dotted_host_name_with_dashes_and_warns_of_broker_quirks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new gateway named after a dotted host name would be refused by NATS and split by
+    RabbitMQ: `init` writes the id with '-' for '.' and says so. The host name is the one
+    thing set here (a test cannot rename the machine); the rest is the real command."""
+    from typer.testing import CliRunner
+
+    from edge_agent.cli import app
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "gw01.plant.example")
+    path = tmp_path / "edge-agent.toml"
+    result = CliRunner().invoke(app, ["init", "--path", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "'gw01-plant-example'" in result.output
+    assert load_config(path, environ={}).device.id == "gw01-plant-example"
+    # An id given on the command line is kept as given, with the brokers' warnings.
+    dotted = tmp_path / "dotted.toml"
+    result = CliRunner().invoke(app, ["init", "--path", str(dotted), "--device-id", "gw.02"])
+    assert result.exit_code == 0, result.output
+    assert load_config(dotted, environ={}).device.id == "gw.02"
+    assert "warning:" in result.output
+    assert 'use device.id = "gw-02"' in result.output

@@ -25,7 +25,8 @@ def _pairs(values: list[str], what: str) -> list[tuple[str, str]]:
 def init(
     path: Annotated[Path, typer.Option("--path", help="Where to write the config.")] = DEFAULT_PATH,
     device_id: Annotated[
-        str | None, typer.Option("--device-id", help="Gateway id (default: host name).")
+        str | None,
+        typer.Option("--device-id", help="Gateway id (default: the host name, '-' for '.')."),
     ] = None,
     tenant: Annotated[str, typer.Option(help="Tenant id.")] = "default",
     site: Annotated[str, typer.Option(help="Site id.")] = "default",
@@ -90,8 +91,10 @@ def init(
     if scan:
         found = _scanned(sensors, list(scan_port or []), scan_seconds if scan_ble else None)
         sensors += found
+    if not device_id:
+        device_id = _id_from_host_name()
     data: dict[str, Any] = {
-        "device": {"tenant": tenant, "site": site} | ({"id": device_id} if device_id else {}),
+        "device": {"tenant": tenant, "site": site, "id": device_id},
         "mqtt": {"host": host, "port": port, "tls": tls}
         | ({"ca_file": str(ca_file)} if ca_file else {})
         | ({"username": username} if username else {})
@@ -125,7 +128,31 @@ def init(
     write_atomically(path, text, mode=0o640)
     load_config(path, environ={})  # what was written reads back as valid
     typer.echo(f"wrote {path} ({len(config.sensors)} sensor(s), topics under {config.topic_root}/)")
+    from edge_agent.brokers import broker_quirks
+
+    for quirk in broker_quirks(config):
+        typer.echo(f"warning: {quirk.describe()}", err=True)
     typer.echo("next: edge-agent doctor -c PATH, then sudo edge-agent service install -c PATH")
+
+
+def _id_from_host_name() -> str:
+    """The gateway id for a new config: the host name, its dots written as dashes.
+
+    A '.' in the id ends up in every topic: NATS refuses such topics and RabbitMQ turns the
+    '.' into a topic level (docs/brokers.md). A new gateway gets an id every broker takes;
+    an existing one keeps its id (the daemon's default stays the plain host name).
+    """
+    import socket
+
+    host = socket.gethostname() or "gateway"
+    if "." not in host:
+        return host
+    safe = host.replace(".", "-")
+    typer.echo(
+        f"device id {safe!r}: the host name {host!r} with '-' for '.', which NATS and "
+        "RabbitMQ do not take in a topic (--device-id sets another)"
+    )
+    return safe
 
 
 def _scanned(
