@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import shutil
 import socket
 import subprocess
@@ -142,7 +143,41 @@ class Proc:
                 stream.close()
 
 
+_HANDED_OUT: set[int] = set()
+_PICK = random.SystemRandom()
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for the local end of outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A free loopback TCP port, below the kernel's ephemeral range and never handed out
+    twice in this process.
+
+    A port from `bind(0)` comes from the ephemeral range, from which the kernel also takes
+    the local port of every outgoing connection: a server started a moment later on it can
+    find it taken (seen with a NATS cluster, whose nodes dial each other's route ports while
+    the later nodes are still starting). Below that range only a listener takes a port, and
+    the bind below sees a listener.
+    """
+    low = _ephemeral_low()
+    if low > 11_000:
+        for _ in range(200):
+            port = _PICK.randrange(10_000, low)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
