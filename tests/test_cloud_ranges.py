@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from edge_agent.cloud.consumer import parse_reply
 from edge_agent.cloud.ingest import Inbound, Rejected, Telemetry, classify
-from edge_agent.cloud.ranges import (
+from edge_agent.contract.ranges import (
     complement,
     holes,
     intersect,

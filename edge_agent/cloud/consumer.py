@@ -31,8 +31,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.cloud.ingest import Inbound, Rejected, classify, reply_root
-from edge_agent.cloud.ranges import MAX_RESEND_SEQS, Range, merge, size
 from edge_agent.cloud.store import BatchOutcome, CloudStore, DueGap
+from edge_agent.contract.ranges import MAX_RESEND_SEQS, Range, merge, size
 from edge_agent.contract.topics import parse_topic
 
 __all__ = ["SHARE_ALTERNATIVES", "CloudConsumer", "ConsumerOptions", "UsageError"]

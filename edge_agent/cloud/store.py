@@ -30,7 +30,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from edge_agent.cloud.ingest import Rejected, Telemetry, Unrelated, eviction_of
-from edge_agent.cloud.ranges import (
+from edge_agent.cloud.schema import DDL, SCHEMA_LOCK
+from edge_agent.contract.payloads import StatusPayload
+from edge_agent.contract.ranges import (
     MAX_RESEND_SEQS,
     Range,
     holes,
@@ -40,8 +42,6 @@ from edge_agent.cloud.ranges import (
     size,
     subtract,
 )
-from edge_agent.cloud.schema import DDL, SCHEMA_LOCK
-from edge_agent.contract.payloads import StatusPayload
 from edge_agent.contract.topics import parse_topic
 
 __all__ = ["BatchOutcome", "CloudStore", "DueGap", "RepairTiming"]

@@ -12,7 +12,8 @@ from edge_agent.contract.payloads import (
     parse_payload,
     undocumented_keys,
 )
-from edge_agent.contract.topics import parse_topic, subtract_ranges
+from edge_agent.contract.ranges import subtract
+from edge_agent.contract.topics import parse_topic
 
 ENVELOPE = ("device", "seq", "msg_id", "ts")
 """Keys every payload starts with."""
@@ -119,7 +120,7 @@ class ContractChecker:
         elif state.last_seq is not None:
             if seq > state.last_seq + 1:
                 gap = (state.last_seq + 1, seq - 1)
-                if subtract_ranges(gap, state.evicted):
+                if subtract([gap], state.evicted):
                     state.gaps.append(gap)
                     self.violations.append(f"{topic}: seq gap {gap[0]}..{gap[1]}")
                 else:

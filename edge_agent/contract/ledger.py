@@ -14,7 +14,8 @@ from edge_agent.contract.payloads import (
     parse_payload,
     undocumented_keys,
 )
-from edge_agent.contract.topics import parse_topic, subtract_ranges
+from edge_agent.contract.ranges import subtract
+from edge_agent.contract.topics import parse_topic
 
 __all__ = ["MAX_LISTED", "Ledger"]
 
@@ -297,7 +298,7 @@ class Ledger:
             for s in [] if kind == "status" else [*seqs, last + 1]:
                 if s > expected:
                     hole = (expected, s - 1)
-                    rest = subtract_ranges(hole, evicted)
+                    rest = subtract([hole], evicted)
                     gaps += rest
                     evicted_missing += (hole[1] - hole[0] + 1) - sum(b - a + 1 for a, b in rest)
                 expected = max(expected, s + 1)

@@ -1,10 +1,10 @@
-"""Telemetry topics taken apart, and the sequence arithmetic both consumers share."""
+"""Telemetry topics taken apart."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TopicName", "parse_topic", "subtract_ranges"]
+__all__ = ["TopicName", "parse_topic"]
 
 
 @dataclass(frozen=True)
@@ -36,20 +36,3 @@ def parse_topic(topic: str, prefix: str) -> TopicName | None:
     if len(parts) != 4 or not all(parts):
         return None
     return TopicName(*parts)
-
-
-def subtract_ranges(gap: tuple[int, int], covered: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Parts of the inclusive range `gap` not inside any of `covered`."""
-    left = [gap]
-    for a, b in covered:
-        nxt: list[tuple[int, int]] = []
-        for lo, hi in left:
-            if b < lo or a > hi:
-                nxt.append((lo, hi))
-                continue
-            if lo < a:
-                nxt.append((lo, a - 1))
-            if b < hi:
-                nxt.append((b + 1, hi))
-        left = nxt
-    return left

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from edge_agent.contract.ranges import merge
 from edge_agent.store.checks import finite_number, outbox_problem
 from edge_agent.store.txn import PRIORITY, Op, Txn
 
@@ -79,13 +80,7 @@ def delivered_rows() -> Op[int]:
 
 def ranges(seqs: Iterable[int]) -> list[list[int]]:
     """Sequence numbers as merged, ascending, inclusive `[first, last]` ranges."""
-    out: list[list[int]] = []
-    for seq in sorted(set(seqs)):
-        if out and seq == out[-1][1] + 1:
-            out[-1][1] = seq
-        else:
-            out.append([seq, seq])
-    return out
+    return _merge([s, s] for s in seqs)
 
 
 def _stamp(created: object) -> float:
@@ -98,13 +93,8 @@ def _span(first: int, last: int) -> list[list[int]]:
 
 
 def _merge(parts: Iterable[list[int]]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for first, last in sorted(parts):
-        if out and first <= out[-1][1] + 1:
-            out[-1][1] = max(out[-1][1], last)
-        else:
-            out.append([first, last])
-    return out
+    """`[first, last]` ranges merged (as JSON carries them: lists)."""
+    return [[a, b] for a, b in merge((a, b) for a, b in parts)]
 
 
 @dataclass

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.config import AgentConfig
+from edge_agent.contract.ranges import MAX_RESEND_SEQS
 from edge_agent.errors import CommandError
 from edge_agent.events import Emit
 from edge_agent.metrics import Inc, noop_inc
@@ -29,8 +30,8 @@ from edge_agent.sync.limits import bounded
 
 log = logging.getLogger(__name__)
 
-MAX_SEQS = 10_000
-"""Most seqs one `sync.resend` request may name."""
+MAX_SEQS = MAX_RESEND_SEQS
+"""Most seqs one `sync.resend` request may name (the consumer's requests keep within it)."""
 
 MAX_SEQ = (1 << 63) - 1
 """SQLite's largest integer: no seq can be above it."""

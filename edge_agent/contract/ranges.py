@@ -1,7 +1,8 @@
 """Inclusive sequence ranges `(first, last)`: the arithmetic of gaps, fills and evictions.
 
-Pure functions over sorted lists of disjoint ranges; the consumer keeps every range it
-stores or sends in that form (merged, ascending), as `sync.resend` replies do.
+Pure functions over sorted lists of disjoint ranges, shared by the gateway (the answer to a
+`sync.resend` request) and the consumers (gaps, repairs, evictions): every range stored or
+sent is in that form (merged, ascending).
 """
 
 from __future__ import annotations
