@@ -107,7 +107,6 @@ class Totals:
     lost: int = 0
     sent: dict[str, int] = field(default_factory=dict)
     acked: int = 0
-    pending_acks: int = 0
 
 
 def body(kind: str, device: str, seq: int, size: int, **extra: Any) -> bytes:
@@ -160,7 +159,6 @@ async def gateway(index: int, args: argparse.Namespace, totals: Totals) -> None:
         nonlocal last_write
         writer.write(publish_packet(f"{root}/{kind}", payload, next_mid(), retain))
         totals.sent[kind] = totals.sent.get(kind, 0) + 1
-        totals.pending_acks += 1
         last_write = time.monotonic()
 
     async def acks() -> None:
@@ -168,7 +166,6 @@ async def gateway(index: int, args: argparse.Namespace, totals: Totals) -> None:
             kind, _ = await read_packet(reader)
             if kind == 4:  # PUBACK
                 totals.acked += 1
-                totals.pending_acks -= 1
 
     publish("status", body("status", device, status_seq, 150, state="online"), retain=True)
     writer.write(subscribe_packet(next_mid(), [f"{root}/cmd/+", f"{args.prefix}/announce"]))

@@ -12,8 +12,7 @@ import asyncio
 import json
 import logging
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from edge_agent.service.control import request
 from edge_agent.service.doctor import check_broker
 from edge_agent.store.db import Store, enqueue
 from edge_agent.sync.mqtt import MqttUplink, protocol_key
-from tests.broker import Collector, Mosquitto, collector, free_port, wait_for
+from tests.broker import Collector, Mosquitto, collector, free_port, until, wait_for
 from tests.daemon_proc import events, start_daemon, stop_daemon, write_config
 from tests.nats import NatsCluster
 
@@ -62,14 +61,6 @@ def _outbox(store: Store) -> int:
     )
 
 
-async def _until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def _uplink(config: AgentConfig, store: Store) -> tuple[MqttUplink, Events]:
     got: Events = []
 
@@ -96,7 +87,7 @@ def test_all_nodes_down_every_node_is_tried_in_turn_and_everything_stays_in_the_
         async def run() -> None:
             task = asyncio.create_task(uplink.run())
             try:
-                await _until(
+                await until(
                     lambda: all(h.failures >= 3 for h in uplink.hosts.health.values()),
                     20,
                     "three rounds over the three nodes",
@@ -149,12 +140,12 @@ def test_the_uplink_skips_a_dead_node_and_moves_on_when_its_broker_stops(tmp_pat
                     try:
                         store.submit(enqueue("heartbeat", {"n": 1})).result(5)
                         uplink.notify()
-                        await _until(lambda: uplink.stats.acked >= 1, 20, "n=1 acknowledged")
+                        await until(lambda: uplink.stats.acked >= 1, 20, "n=1 acknowledged")
                         assert uplink.stats.host == f"127.0.0.1:{m1.port}"
                         await asyncio.to_thread(m1.stop)
                         store.submit(enqueue("heartbeat", {"n": 2})).result(5)
                         uplink.notify()
-                        await _until(lambda: uplink.stats.acked >= 2, 20, "n=2 acknowledged")
+                        await until(lambda: uplink.stats.acked >= 2, 20, "n=2 acknowledged")
                     finally:
                         await uplink.stop(timeout=2)
                         task.cancel()

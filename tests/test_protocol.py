@@ -23,7 +23,7 @@ from edge_agent.service.doctor import check_broker
 from edge_agent.store.db import Store, enqueue
 from edge_agent.sync.mqtt import MqttUplink, protocol_key
 from edge_agent.sync.refused import RefusedTopics
-from tests.broker import Mosquitto, collector, wait_for
+from tests.broker import Mosquitto, collector, until, wait_for
 from tests.daemon_proc import cli, start_daemon, stop_daemon, write_config
 from tests.nats import Nats
 
@@ -45,18 +45,10 @@ def _config(port: int, protocol: str | None = None) -> AgentConfig:
     )
 
 
-async def _until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def _session(
-    config: AgentConfig, store: Store, until: Callable[[MqttUplink], Any], what: str
+    config: AgentConfig, store: Store, done: Callable[[MqttUplink], Any], what: str
 ) -> tuple[MqttUplink, list[tuple[str, dict[str, Any]]]]:
-    """Run an uplink until `until(uplink)` holds, then stop it."""
+    """Run an uplink until `done(uplink)` holds, then stop it."""
     events: list[tuple[str, dict[str, Any]]] = []
 
     def emit(kind: str, severity: str = "info", sensor: str | None = None, **body: Any) -> None:
@@ -67,7 +59,7 @@ def _session(
     async def run() -> None:
         task = asyncio.create_task(uplink.run())
         try:
-            await _until(lambda: until(uplink), 20, what)
+            await until(lambda: done(uplink), 20, what)
         finally:
             await uplink.stop(timeout=2)
             task.cancel()

@@ -6,7 +6,6 @@ import asyncio
 import random
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from edge_agent.config import parse_config
 from edge_agent.store.db import Store, Txn, outbox_depth
 from edge_agent.sync.mqtt import MqttUplink
 from edge_agent.sync.refused import RefusedTopics
-from tests.broker import Mosquitto, collector
+from tests.broker import Mosquitto, collector, until
 
 DENY_RESULTS = "topic readwrite #\ntopic deny edge/+/+/+/results\n"
 ALLOW_ALL = "topic readwrite #\n"
@@ -36,14 +35,6 @@ class AclBroker(Mosquitto):
 
     def denials(self) -> int:
         return self.log.read_text(errors="replace").count("Denied PUBLISH")
-
-
-async def until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def test_refused_topic_is_parked_not_hot_looped_and_leaves_once_allowed(tmp_path: Path) -> None:
