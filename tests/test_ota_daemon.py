@@ -130,7 +130,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "nan": publisher.pack(make_bundle(src, "6.0.0", model=nan_model), golden=False),
         "shape": publisher.pack(make_bundle(src, "7.0.0", model=wrong_shape_model), golden=False),
         "slow": publisher.pack(
-            make_bundle(src, "8.0.0", model=lambda p: slow_model(p, layers=1200))
+            make_bundle(src, "8.0.0", model=lambda p: slow_model(p, layers=4000))
         ),
     }
     stranger = Publisher(www)  # a key this gateway does not trust

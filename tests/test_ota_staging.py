@@ -2,13 +2,18 @@
 
 Test models are generated with onnx.helper: a copy of the shipped activity model, one that
 outputs NaN, one that outputs NaN only on real motion, one with the wrong input shape, one
-that is slow, one that always says the same label.
+that always says the same label.
+
+Latency is judged on real runs timed by a stepping timer, not the wall clock: a model slow on
+one processor is fast on the next, and this file must pass on any of them.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +30,6 @@ from tests.ota_support import (
     make_bundle,
     nan_model,
     nan_on_live_data_model,
-    slow_model,
     untrained_model,
     wrong_shape_model,
 )
@@ -38,20 +42,45 @@ def _golden(d: Path) -> Bundle:
     return write_manifest(d, raw)
 
 
-def _stage(bundle: Bundle, running: Bundle | None = None, budget_ms: float = 50.0) -> None:
+class SteppingTimer:
+    """A timer that moves `step` on every reading: each timed call then takes exactly `step`."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.now = 0.0
+        self.readings = 0
+
+    def __call__(self) -> float:
+        self.readings += 1
+        self.now += self.step
+        return self.now
+
+
+def _stage(
+    bundle: Bundle,
+    running: Bundle | None = None,
+    budget_ms: float = 50.0,
+    timer: SteppingTimer | None = None,
+) -> None:
     runtime, report = stage_bundle(
         bundle,
         running=running.manifest if running else None,
         budget_ms=budget_ms,
         require_golden=True,
+        **({"timer": timer} if timer else {}),
     )
     runtime.close()
     assert report.golden_windows == 8
 
 
-def _refused(bundle: Bundle, running: Bundle | None = None, budget_ms: float = 50.0) -> str:
+def _refused(
+    bundle: Bundle,
+    running: Bundle | None = None,
+    budget_ms: float = 50.0,
+    timer: SteppingTimer | None = None,
+) -> str:
     with pytest.raises(UpdateRejectedError) as err:
-        _stage(bundle, running, budget_ms)
+        _stage(bundle, running, budget_ms, timer)
     assert err.value.stage == "stage"
     return f"{err.value.check}: {err.value.reason}"
 
@@ -86,10 +115,19 @@ def test_wrong_input_shape_is_refused_with_both_shapes(tmp_path: Path, running: 
 
 
 def test_over_latency_budget_is_refused(tmp_path: Path, running: Bundle) -> None:
-    bundle = _golden(make_bundle(tmp_path, "1.1.0", model=lambda p: slow_model(p, layers=150)))
-    reason = _refused(bundle, running, budget_ms=0.5)
-    assert reason.startswith("latency: ")
+    bundle = _golden(make_bundle(tmp_path, "1.1.0"))
+    timer = SteppingTimer(0.002)  # every single-window run takes 2 ms
+    reason = _refused(bundle, running, budget_ms=0.5, timer=timer)
+    assert reason.startswith("latency: one window takes 2.0 ms (median of 8 runs)")
     assert "ota.latency_budget_ms (0.5 ms)" in reason
+    assert timer.readings == 16  # stopped once the median could no longer fit
+
+
+def test_within_latency_budget_is_staged(tmp_path: Path, running: Bundle) -> None:
+    bundle = _golden(make_bundle(tmp_path, "1.1.0"))
+    timer = SteppingTimer(0.0004)  # 0.4 ms a run, under the 0.5 ms budget
+    _stage(bundle, running, budget_ms=0.5, timer=timer)
+    assert timer.readings == 30  # all 15 runs timed
 
 
 def test_golden_vectors_not_reproduced_are_refused(tmp_path: Path, running: Bundle) -> None:
@@ -138,14 +176,21 @@ LIMITS = ProbationLimits(
 
 
 def _probation(
-    tmp_path: Path, running: Bundle, model: object, limits: ProbationLimits = LIMITS
+    tmp_path: Path,
+    running: Bundle,
+    model: object,
+    limits: ProbationLimits = LIMITS,
+    timer_ns: int | None = None,
 ) -> tuple[list[Verdict], list[str]]:
-    """Run the live windows in batches of 6 through a watch; returns verdicts and producers."""
+    """Run the live windows in batches of 6 through a watch; returns verdicts and producers.
+
+    `timer_ns`: each inference call is timed as taking exactly this long (else the clock)."""
     d = make_bundle(tmp_path, "1.1.0", model=model)  # type: ignore[arg-type]
     candidate = open_runtime(load_bundle(d))
     previous = open_runtime(running)
     verdicts: list[Verdict] = []
-    watch = ProbationWatch(load_bundle(d), running, previous, limits, verdicts.append)
+    timer = time.perf_counter_ns if timer_ns is None else itertools.count(0, timer_ns).__next__
+    watch = ProbationWatch(load_bundle(d), running, previous, limits, verdicts.append, timer=timer)
     producers = []
     windows = _live_windows()
     try:
@@ -199,8 +244,10 @@ def test_errors_and_latency_fail_probation(tmp_path: Path, running: Bundle) -> N
         windows=1000, seconds=0.0, max_error_rate=0.0, max_label_drift=1.0,
         collapse_share=1.0, latency_budget_ms=0.5,
     )  # fmt: skip
-    verdicts, _ = _probation(tmp_path / "slow", running, lambda p: slow_model(p, layers=100), slow)
+    # Every batch of 6 windows takes 6 ms: 1 ms a window.
+    verdicts, _ = _probation(tmp_path / "slow", running, None, slow, timer_ns=6_000_000)
     assert [v.signal for v in verdicts] == ["latency"]
+    assert "takes 1.0 ms per live window (median of 5 calls)" in verdicts[0].reason
     # A session that fails at run time (closed under it) is an error at once.
     d = make_bundle(tmp_path / "err", "1.1.0")
     candidate, previous = open_runtime(load_bundle(d)), open_runtime(running)
