@@ -154,6 +154,31 @@ def test_evictions_from_events_and_replies_are_not_losses(store: CloudStore) -> 
     assert result["totals"]["evicted_seqs"] == 4
 
 
+def test_an_online_gateway_that_went_quiet_is_reported_silent(
+    store: CloudStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A will that never comes (NATS sends none when the node holding the session dies)
+    must not leave a dead gateway `online` in the report for ever."""
+    write(store, (f"{GW}/status", status("gw-1", 1, "online")))
+    seen = time.time()
+
+    def gateway(**kw: Any) -> Any:
+        return report(store.conn, **kw)["gateways"]["t1/s1/gw-1"]
+
+    assert (gateway(now=seen + 5)["silent"], gateway(now=seen + 5)["online"]) == (False, True)
+    late = report(store.conn, now=seen + 91)
+    assert (late["gateways"]["t1/s1/gw-1"]["silent"], late["totals"]["silent"]) == (True, 1)
+    assert late["gateways"]["t1/s1/gw-1"]["quiet_s"] >= 91
+    assert late["ok"], "silence is a state, not a data violation"
+    assert gateway(now=seen + 91, silent_after_s=600)["silent"] is False
+    write(store, (f"{GW}/heartbeat", heartbeat("gw-1", 1)))  # heard from again
+    assert gateway(now=time.time() + 5)["silent"] is False
+    write(store, (f"{GW}/status", status("gw-1", 1, "offline")))  # the will: offline, not silent
+    assert gateway(now=time.time() + 1000)["silent"] is False
+    assert cli.main(["report", "--dsn", store.dsn, "--silent-after", "nan"]) == 2
+    assert "--silent-after must be > 0" in capsys.readouterr().err
+
+
 def test_report_exit_status(store: CloudStore, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["report", "--dsn", store.dsn]) == 0
     write(store, *[(RES, results("gw-1", s)) for s in (1, 3)])

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 
 from edge_agent.cloud.consumer import CloudConsumer, ConsumerOptions, UsageError
-from edge_agent.cloud.report import report
+from edge_agent.cloud.report import SILENT_AFTER_S, report
 from edge_agent.cloud.store import CloudStore, RepairTiming
 
 __all__ = ["build_parser", "main"]
@@ -113,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="print the JSON report of what the database holds")
     rep.add_argument("--dsn", default=os.environ.get("EDGE_AGENT_CLOUD_DSN", ""), help=dsn_help)
     rep.add_argument("--prefix", default="edge", help="topic prefix of the fleet (default edge)")
+    for command in (run, rep):
+        command.add_argument(
+            "--silent-after",
+            type=float,
+            default=SILENT_AFTER_S,
+            metavar="S",
+            help="report an online gateway with no message for S seconds as silent (default "
+            f"{SILENT_AFTER_S:g}: three default heartbeats; its last will may never come)",
+        )
     return p
 
 
@@ -181,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
         if code:
             print(f"edge-agent-cloud: {consumer.fatal}", file=sys.stderr)
             return code
-        result = report(store.conn)
+        result = report(store.conn, silent_after_s=args.silent_after)
         store.conn.rollback()
     result["session"] = {
         "outcomes": consumer.counts,
@@ -200,12 +209,15 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.silent_after > 0:
+        print("--silent-after must be > 0", file=sys.stderr)
+        return 2
     try:
         if args.command == "run":
             return _run(args)
         with CloudStore(args.dsn, prefix=args.prefix) as store:
             store.ensure_schema()
-            result = report(store.conn)
+            result = report(store.conn, silent_after_s=args.silent_after)
             store.conn.rollback()
     except psycopg.OperationalError as err:
         print(f"edge-agent-cloud: PostgreSQL: {err}", file=sys.stderr)

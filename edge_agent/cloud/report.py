@@ -2,38 +2,59 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any, LiteralString
 
 import psycopg
 
-__all__ = ["MAX_LISTED", "report"]
+__all__ = ["MAX_LISTED", "SILENT_AFTER_S", "report"]
 
 MAX_LISTED = 50
 """Gaps, rejects and violations listed (the counts are complete)."""
+
+SILENT_AFTER_S = 90.0
+"""An online gateway heard from longer ago than this is reported `silent`: three heartbeats
+at the default `sync.heartbeat_interval_s` (30 s). Its last will may never come: NATS does
+not send it when the node that held the session dies (docs/brokers.md)."""
 
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def report(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+def report(
+    conn: psycopg.Connection[Any],
+    *,
+    silent_after_s: float = SILENT_AFTER_S,
+    now: float | None = None,
+) -> dict[str, Any]:
     """Everything stored, checked.
 
+    Args:
+        conn: The consumer's database.
+        silent_after_s: An online gateway with no live message for this long is `silent`.
+        now: Unix seconds to judge silence at (default: the clock).
+
     Returns:
-        A JSON-ready dict: `ok`, `totals`, `gateways` (online state, last heartbeat and
-        message; per topic kind: received, first/last seq, duplicates, conflicts,
-        reordered arrivals, and gaps by state — `open` (missing, not asked yet or being
-        asked), `repaired`, `evicted` (dropped by the gateway's policy, not losses)),
-        `violations` (seqs still missing, conflicts, rejected payloads), `rejected`.
+        A JSON-ready dict: `ok`, `totals`, `gateways` (online state, `silent`, `quiet_s`
+        since the last live message, last heartbeat and message; per topic kind: received,
+        first/last seq, duplicates, conflicts, reordered arrivals, and gaps by state — `open`
+        (missing, not asked yet or being asked), `repaired`, `evicted` (dropped by the
+        gateway's policy, not losses)), `violations` (seqs still missing, conflicts,
+        rejected payloads), `rejected`.
     """
+    at = time.time() if now is None else now
     gateways: dict[str, dict[str, Any]] = {}
     for tenant, site, device, online, seq, last_beat, last_seen in conn.execute(
         "SELECT tenant, site, device, online, status_seq, last_heartbeat_at, last_seen_at "
         "FROM gateways ORDER BY tenant, site, device"
     ):
+        quiet_s = max(0.0, at - last_seen.timestamp())
         gateways[f"{tenant}/{site}/{device}"] = {
             "online": online,
+            "silent": bool(online) and quiet_s > silent_after_s,
+            "quiet_s": round(quiet_s, 1),
             "status_seq": seq,
             "last_heartbeat_at": _iso(last_beat),
             "last_seen_at": _iso(last_seen),
@@ -87,6 +108,8 @@ def report(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             gw,
             {
                 "online": None,
+                "silent": False,
+                "quiet_s": None,
                 "status_seq": None,
                 "last_heartbeat_at": None,
                 "last_seen_at": None,
@@ -122,6 +145,7 @@ def report(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         "ignored": _scalar(conn, "SELECT coalesce(sum(count), 0) FROM ignored"),
         "gateways": len(gateways),
         "online": sum(1 for g in gateways.values() if g["online"]),
+        "silent": sum(1 for g in gateways.values() if g["silent"]),
         "missing": sum(g["missing"] for g in gap_stats.values()),
         "repaired_seqs": sum(g["repaired_seqs"] for g in gap_stats.values()),
         "evicted_seqs": sum(g["evicted"] for g in gap_stats.values()),
