@@ -9,9 +9,15 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+from hypothesis import settings
 
 from tests.postgres import Postgres
 from tests.rabbitmq import RabbitMQ
+
+# No per-example time limit for property tests: an example slowed by a loaded CI machine is
+# not a failure (the suite runs beside brokers and daemons). Explicit settings still apply.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 
 def _daemons() -> list[psutil.Process]:
