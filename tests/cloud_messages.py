@@ -1,4 +1,5 @@
-"""Crafted telemetry for the cloud consumer's tests: valid payloads of every kind, by seq."""
+"""Crafted telemetry for the cloud consumers' tests (PostgreSQL and the SQLite checker script):
+valid payloads of every kind, by seq."""
 
 from __future__ import annotations
 
@@ -53,6 +54,26 @@ def heartbeat(device: str, seq: int) -> dict[str, Any]:
             "dropped": {},
         },
         mqtt={"connected": True, "published": 1, "acked": 1, "last_error": None},
+    )
+
+
+def summary(device: str, seq: int) -> dict[str, Any]:
+    return envelope(
+        device,
+        seq,
+        sensor="s",
+        model="m",
+        model_version="1",
+        interval_start=1.0,
+        interval_end=2.0,
+        windows_processed=0,
+        windows_dropped=0,
+        label_counts={},
+        label_distribution={},
+        top_label=None,
+        mean_confidence=None,
+        latency_ms_p50=None,
+        latency_ms_p99=None,
     )
 
 

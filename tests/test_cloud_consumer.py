@@ -26,12 +26,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from edge_agent.inference.bundle import shipped_models_dir
 from firmware_bridge.emulator import CsvRecording, DeviceEmulator
 from tests.broker import Mosquitto, wait_for
+from tests.cloud_messages import evicted, heartbeat, results, summary
 from tests.daemon_proc import start_daemon, stop_daemon, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSUMER = ROOT / "scripts" / "cloud_consumer.py"
 RECORDING = shipped_models_dir() / "imu-activity" / "recordings" / "heldout.csv"
-FAKE = "edge/t1/s1/gw-fake"
+GW = "gw-fake"
+FAKE = f"edge/t1/s1/{GW}"
 
 
 @pytest.fixture
@@ -144,93 +146,24 @@ class Publisher:
         self.client.loop_stop()
 
 
-def _envelope(seq: int, **body: Any) -> dict[str, Any]:
-    return {"device": "gw-fake", "seq": seq, "msg_id": uuid.uuid4().hex, "ts": 1.7e9, **body}
-
-
-def _heartbeat(seq: int) -> dict[str, Any]:
-    return _envelope(
-        seq,
-        version="0.1.0",
-        uptime_s=1.0,
-        cpu_s=0.1,
-        rss_mb=50.0,
-        sensors={},
-        windows_committed=0,
-        outbox_depth=0,
-        store={
-            "commits": 1,
-            "failed_commits": 0,
-            "last_error": None,
-            "disk_full": False,
-            "dropped": {},
-        },
-        mqtt={"connected": True, "published": 1, "acked": 1, "last_error": None},
-    )
-
-
-def _results(seq: int) -> dict[str, Any]:
-    return _envelope(
-        seq,
-        sensor="s",
-        model="m",
-        model_version="1",
-        count=1,
-        windows={"t_start": [1.0], "t_end": [2.0], "label": ["a"], "confidence": [0.9]},
-    )
-
-
-def _summary(seq: int) -> dict[str, Any]:
-    return _envelope(
-        seq,
-        sensor="s",
-        model="m",
-        model_version="1",
-        interval_start=1.0,
-        interval_end=2.0,
-        windows_processed=0,
-        windows_dropped=0,
-        label_counts={},
-        label_distribution={},
-        top_label=None,
-        mean_confidence=None,
-        latency_ms_p50=None,
-        latency_ms_p99=None,
-    )
-
-
 def _inject(pub: Publisher, db: Path) -> None:
     """Everything a consumer must tell apart, for the made-up gateway `gw-fake`."""
     # A duplicate of a real message: the same bytes the daemon published.
     real = _stored(db, "t1/s1/gw-cons", "heartbeat")[0]
     pub.send("edge/t1/s1/gw-cons/heartbeat", real)
     # Heartbeat seq 1, 4: a gap of 2..3. Then seq 1 again with a new msg_id: a conflict.
-    pub.send(f"{FAKE}/heartbeat", _heartbeat(1))
-    pub.send(f"{FAKE}/heartbeat", _heartbeat(4))
-    pub.send(f"{FAKE}/heartbeat", _heartbeat(1))
+    pub.send(f"{FAKE}/heartbeat", heartbeat(GW, 1))
+    pub.send(f"{FAKE}/heartbeat", heartbeat(GW, 4))
+    pub.send(f"{FAKE}/heartbeat", heartbeat(GW, 1))
     # Results 1, an announced eviction of 2..3, then 4: no gap.
-    pub.send(f"{FAKE}/results", _results(1))
-    pub.send(
-        f"{FAKE}/events",
-        _envelope(
-            1,
-            event="outbox.evicted",
-            severity="warning",
-            sensor=None,
-            event_ts=1.7e9,
-            topic="results",
-            seq_from=2,
-            seq_to=3,
-            messages=2,
-            reason="disk cap",
-        ),
-    )
-    pub.send(f"{FAKE}/results", _results(4))
+    pub.send(f"{FAKE}/results", results(GW, 1))
+    pub.send(f"{FAKE}/events", evicted(GW, 1, "results", 2, 3))
+    pub.send(f"{FAKE}/results", results(GW, 4))
     # Summary 2 before 1: out of order, but nothing missing.
-    pub.send(f"{FAKE}/summary", _summary(2))
-    pub.send(f"{FAKE}/summary", _summary(1))
+    pub.send(f"{FAKE}/summary", summary(GW, 2))
+    pub.send(f"{FAKE}/summary", summary(GW, 1))
     # A results message whose columns do not match its count: rejected with the reason.
-    bad = _results(5)
+    bad = results(GW, 5)
     bad["count"] = 2
     pub.send(f"{FAKE}/results", bad)
     # A remote command request: not telemetry, ignored.
