@@ -1,5 +1,6 @@
-"""Suite-wide hygiene (a test that leaves a daemon process or a thread running fails) and
-the session's private RabbitMQ node, started by the first test that asks for it."""
+"""Suite-wide hygiene (a test that leaves a daemon process or a thread running fails), the
+session's private RabbitMQ node and PostgreSQL, started by the first test that asks for them,
+and the IMU emulators the cloud consumers' end-to-end tests share."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import psutil
 import pytest
 from hypothesis import settings
 
+from edge_agent.inference.bundle import shipped_models_dir
+from firmware_bridge.emulator import CsvRecording, DeviceEmulator
 from tests.postgres import Postgres
 from tests.rabbitmq import RabbitMQ
 
@@ -88,3 +91,19 @@ def postgres() -> Iterator[Postgres]:
     """One private PostgreSQL for the session (tests take a fresh database each)."""
     with Postgres() as server:
         yield server
+
+
+@pytest.fixture
+def emulators() -> Iterator[list[DeviceEmulator]]:
+    """Two IMU emulators (`imu-0`, `imu-1`) replaying the held-out recording at full speed on
+    real pseudo-terminals (the cloud consumers' end-to-end tests read them through a daemon)."""
+    recording = shipped_models_dir() / "imu-activity" / "recordings" / "heldout.csv"
+    emus = [
+        DeviceEmulator(CsvRecording(recording), device_id=f"imu-{i}", max_rate=True)
+        for i in range(2)
+    ]
+    for e in emus:
+        e.start()
+    yield emus
+    for e in emus:
+        e.close()

@@ -15,38 +15,21 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edge_agent.inference.bundle import shipped_models_dir
-from firmware_bridge.emulator import CsvRecording, DeviceEmulator
+from firmware_bridge.emulator import DeviceEmulator
 from tests.broker import Mosquitto, wait_for
 from tests.cloud_messages import evicted, heartbeat, results, summary
 from tests.daemon_proc import start_daemon, stop_daemon, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSUMER = ROOT / "scripts" / "cloud_consumer.py"
-RECORDING = shipped_models_dir() / "imu-activity" / "recordings" / "heldout.csv"
 GW = "gw-fake"
 FAKE = f"edge/t1/s1/{GW}"
-
-
-@pytest.fixture
-def emulators() -> Iterator[list[DeviceEmulator]]:
-    emus = [
-        DeviceEmulator(CsvRecording(RECORDING), device_id=f"imu-{i}", max_rate=True)
-        for i in range(2)
-    ]
-    for e in emus:
-        e.start()
-    yield emus
-    for e in emus:
-        e.close()
 
 
 def _consumer(port: int, db: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:

@@ -32,28 +32,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.cloud.consumer import CloudConsumer, ConsumerOptions
 from edge_agent.cloud.store import CloudStore, RepairTiming
-from edge_agent.inference.bundle import shipped_models_dir
-from firmware_bridge.emulator import CsvRecording, DeviceEmulator
+from firmware_bridge.emulator import DeviceEmulator
 from tests.broker import Mosquitto, collector, wait_for
 from tests.daemon_proc import start_daemon, stop_daemon, write_config
 from tests.nats import Nats
 from tests.postgres import Postgres
 
-RECORDING = shipped_models_dir() / "imu-activity" / "recordings" / "heldout.csv"
 FAST = RepairTiming(grace_s=0.5, retry_s=1.0, retry_max_s=2.0, tail_probe_s=1.0)
-
-
-@pytest.fixture
-def emulators() -> Iterator[list[DeviceEmulator]]:
-    emus = [
-        DeviceEmulator(CsvRecording(RECORDING), device_id=f"imu-{i}", max_rate=True)
-        for i in range(2)
-    ]
-    for e in emus:
-        e.start()
-    yield emus
-    for e in emus:
-        e.close()
 
 
 @pytest.fixture(scope="module")
