@@ -10,7 +10,6 @@ through to a real mosquitto.
 
 from __future__ import annotations
 
-import json
 import logging
 import select
 import socket
@@ -22,13 +21,11 @@ from pathlib import Path
 import pytest
 
 from edge_agent.commands.control import render_status
-from edge_agent.service.control import request
 from edge_agent.service.doctor import check_broker
 from edge_agent.store.db import Store, enqueue
 from tests.broker import Mosquitto, collector, wait_for
-from tests.daemon_proc import cli, start_daemon, stop_daemon, write_config
+from tests.protocol_support import config_for, daemon_view, remembered, session
 from tests.rabbitmq import RabbitMQ
-from tests.test_protocol import _config, _remembered, _session
 
 CLOSED = "closed without a CONNACK"
 FIX = 'set mqtt.protocol = "3.1.1" (or "auto")'
@@ -40,7 +37,7 @@ def test_auto_falls_back_to_3_1_1_on_rabbitmq_and_remembers_it(
     """RabbitMQ closes the MQTT 5 CONNECT unanswered: the gateway reconnects with 3.1.1 at
     once, delivers, remembers it for this broker (warning once), and starts with 3.1.1 next
     time; doctor does the same negotiation and names the fallback."""
-    config = _config(rabbitmq.mqtt_port)
+    config = config_for(rabbitmq.mqtt_port)
     assert config.mqtt.protocol == "auto"
     store = Store(tmp_path / "r.db", device_id="gw-proto", topic_root=config.topic_root)
     store.open()
@@ -48,13 +45,13 @@ def test_auto_falls_back_to_3_1_1_on_rabbitmq_and_remembers_it(
     try:
         with collector(rabbitmq.mqtt_port, "edge/#") as sub:
             store.submit(enqueue("heartbeat", {"n": 1})).result(5)
-            uplink, events = _session(config, store, lambda u: u.stats.acked >= 1, "the ack")
+            uplink, events = session(config, store, lambda u: u.stats.acked >= 1, "the ack")
             assert uplink.stats.protocol == "3.1.1"
             assert uplink.stats.protocol_fallback
             assert (uplink.stats.connects, uplink.stats.connect_failures) == (1, 1)
             assert ("mqtt.connected", {"host": "127.0.0.1", "port": rabbitmq.mqtt_port,
                                        "protocol": "3.1.1"}) in events  # fmt: skip
-            saved = _remembered(store, config)
+            saved = remembered(store, config)
             assert saved["protocol"] == "3.1.1"
             assert saved["reason"] == CLOSED
             warned = [r for r in caplog.records if "accepted 3.1.1" in r.getMessage()]
@@ -65,7 +62,7 @@ def test_auto_falls_back_to_3_1_1_on_rabbitmq_and_remembers_it(
 
             caplog.clear()
             store.submit(enqueue("heartbeat", {"n": 2})).result(5)
-            again, _ = _session(config, store, lambda u: u.stats.acked >= 1, "the second ack")
+            again, _ = session(config, store, lambda u: u.stats.acked >= 1, "the second ack")
             assert (again.stats.protocol, again.stats.connect_failures) == ("3.1.1", 0)
             assert again.stats.protocol_fallback
             assert not [r for r in caplog.records if "accepted 3.1.1" in r.getMessage()]
@@ -83,19 +80,19 @@ def test_fixed_mqtt_5_on_rabbitmq_says_to_set_3_1_1(
 ) -> None:
     """`protocol = "5"` never connects to RabbitMQ; the log (once) and doctor say to set
     "3.1.1" or "auto"; nothing is remembered."""
-    config = _config(rabbitmq.mqtt_port, "5")
+    config = config_for(rabbitmq.mqtt_port, "5")
     store = Store(tmp_path / "f.db", device_id="gw-proto", topic_root=config.topic_root)
     store.open()
     caplog.set_level(logging.INFO, logger="edge_agent.sync.mqtt")
     try:
-        uplink, events = _session(
+        uplink, events = session(
             config, store, lambda u: u.stats.connect_failures >= 3, "three refused attempts"
         )
         assert uplink.stats.connects == 0
         assert uplink.stats.last_error is not None
         assert FIX in uplink.stats.last_error
         assert CLOSED in uplink.stats.last_error
-        assert _remembered(store, config) is None
+        assert remembered(store, config) is None
         assert not [e for e in events if e[0] == "mqtt.connected"]
     finally:
         store.close()
@@ -106,7 +103,7 @@ def test_fixed_mqtt_5_on_rabbitmq_says_to_set_3_1_1(
     doctor = check_broker(config)
     assert (doctor.status, doctor.fix) == ("fail", FIX)
     assert f"refused MQTT 5: {CLOSED}" in doctor.summary
-    assert check_broker(_config(rabbitmq.mqtt_port, "3.1.1")).status == "pass"
+    assert check_broker(config_for(rabbitmq.mqtt_port, "3.1.1")).status == "pass"
 
 
 def test_daemon_on_rabbitmq_shows_the_fallback_everywhere(
@@ -114,34 +111,15 @@ def test_daemon_on_rabbitmq_shows_the_fallback_everywhere(
 ) -> None:
     """A real daemon with the default config on RabbitMQ: heartbeats arrive over 3.1.1 and
     the heartbeat, `status` and `edge-agent doctor` each say so; the log says it once."""
-    db = tmp_path / "d.db"
-    config = write_config(
-        tmp_path / "d.toml", db=db, sensors=[], mqtt_port=rabbitmq.mqtt_port, device="gw-rmq"
-    )
-    log = tmp_path / "daemon.log"
-    with collector(rabbitmq.mqtt_port, "edge/#") as sub:
-        proc = start_daemon(config, log)
-        try:
-            wait_for(
-                lambda: [m for m in sub.of("heartbeat") if m.payload["mqtt"]["protocol"]],
-                30,
-                "a heartbeat naming its protocol",
-            )
-            st = request(db.with_suffix(".sock"), "status")["status"]
-            doctor = cli("doctor", "--json", "--timeout", "5", "--config", str(config))
-        finally:
-            assert stop_daemon(proc, log) == 0, log.read_text()[-4000:]
-    beat = next(m for m in sub.of("heartbeat") if m.payload["mqtt"]["protocol"])
-    assert (beat.payload["mqtt"]["protocol"], beat.payload["mqtt"]["protocol_fallback"]) == (
-        "3.1.1",
-        True,
-    )
+    seen = daemon_view(tmp_path, rabbitmq.mqtt_port, "gw-rmq")
+    mqtt, st = seen.heartbeat["mqtt"], seen.status
+    assert (mqtt["protocol"], mqtt["protocol_fallback"]) == ("3.1.1", True)
     assert (st["mqtt"]["protocol"], st["mqtt"]["protocol_fallback"]) == ("3.1.1", True)
     assert "connected with MQTT 3.1.1 (it refused MQTT 5) since" in render_status(st)
-    broker = next(c for c in json.loads(doctor.stdout)["checks"] if c["name"] == "broker")
-    assert broker["status"] == "pass", doctor.stdout
-    assert f"accepted an MQTT 3.1.1 connection (it refused MQTT 5: {CLOSED}" in broker["summary"]
-    assert log.read_text().count("refused MQTT 5") == 1
+    assert seen.broker_check["status"] == "pass", seen.doctor_output
+    summary = seen.broker_check["summary"]
+    assert f"accepted an MQTT 3.1.1 connection (it refused MQTT 5: {CLOSED}" in summary
+    assert seen.log.count("refused MQTT 5") == 1
 
 
 class _DropsMqtt5(socketserver.ThreadingTCPServer):
@@ -239,19 +217,19 @@ def test_connect_closed_without_connack_falls_back_to_3_1_1(
     """A broker that closes the MQTT 5 CONNECT without a word is refusing the version: the
     uplink's next CONNECT, at once, is 3.1.1, and it is remembered and delivered through."""
     server, broker = drops_mqtt5
-    config = _config(server.port)
+    config = config_for(server.port)
     store = Store(tmp_path / "c.db", device_id="gw-proto", topic_root=config.topic_root)
     store.open()
     try:
         with collector(broker.port, "edge/#") as sub:
             store.submit(enqueue("heartbeat", {"n": 7})).result(5)
-            uplink, _events = _session(config, store, lambda u: u.stats.acked >= 1, "the ack")
+            uplink, _events = session(config, store, lambda u: u.stats.acked >= 1, "the ack")
             assert server.levels == [5, 4]  # MQTT 5, then straight away 3.1.1 (level 4)
             assert (uplink.stats.protocol, uplink.stats.protocol_fallback) == ("3.1.1", True)
-            assert _remembered(store, config)["reason"] == CLOSED
+            assert remembered(store, config)["reason"] == CLOSED
             wait_for(lambda: sub.of("heartbeat"), 10, "the heartbeat through the relay")
             assert sub.of("heartbeat")[0].payload["n"] == 7
-            _session(config, store, lambda u: u.stats.connects >= 1, "the second connection")
+            session(config, store, lambda u: u.stats.connects >= 1, "the second connection")
             assert server.levels == [5, 4, 4]  # remembered: no MQTT 5 attempt
     finally:
         store.close()
@@ -259,9 +237,9 @@ def test_connect_closed_without_connack_falls_back_to_3_1_1(
     assert check.status == "pass", check
     assert f"it refused MQTT 5: {CLOSED}" in check.summary
     assert server.levels[-2:] == [5, 4]
-    assert check_broker(_config(server.port, "5"), timeout=2).fix == FIX
+    assert check_broker(config_for(server.port, "5"), timeout=2).fix == FIX
     # The broker itself takes MQTT 5: the relay is what refused it.
-    assert check_broker(_config(broker.port), timeout=2).summary.endswith("MQTT 5 connection")
+    assert check_broker(config_for(broker.port), timeout=2).summary.endswith("MQTT 5 connection")
 
 
 def test_a_node_that_took_3_1_1_closing_unanswered_is_not_a_refusal(
@@ -271,20 +249,20 @@ def test_a_node_that_took_3_1_1_closing_unanswered_is_not_a_refusal(
     electing leaders) is retried with 3.1.1: no MQTT 5 attempt, no "refused MQTT 5 and
     3.1.1", and the memory stays."""
     server, _broker = drops_mqtt5
-    config = _config(server.port)
+    config = config_for(server.port)
     store = Store(tmp_path / "n.db", device_id="gw-proto", topic_root=config.topic_root)
     store.open()
     try:
-        _session(config, store, lambda u: u.stats.connects >= 1, "the first connection")
+        session(config, store, lambda u: u.stats.connects >= 1, "the first connection")
         assert server.levels == [5, 4]
         server.drop_v311 = 2
         caplog.clear()
         caplog.set_level(logging.INFO, logger="edge_agent.sync.mqtt")
-        uplink, _ = _session(config, store, lambda u: u.stats.connects >= 1, "the reconnection")
+        uplink, _ = session(config, store, lambda u: u.stats.connects >= 1, "the reconnection")
         assert server.levels == [5, 4, 4, 4, 4]  # two closed unanswered, then accepted
         assert (uplink.stats.protocol, uplink.stats.protocol_fallback) == ("3.1.1", True)
         assert uplink.stats.connect_failures == 2
-        assert _remembered(store, config)["protocol"] == "3.1.1"
+        assert remembered(store, config)["protocol"] == "3.1.1"
         messages = [r.getMessage() for r in caplog.records]
         assert not [m for m in messages if "refused MQTT 5 and 3.1.1" in m], messages
         assert not [m for m in messages if "accepted 3.1.1" in m], messages
