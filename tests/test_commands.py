@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import tomllib
 import uuid
@@ -17,10 +13,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from tests.broker import Mosquitto, wait_for
+from tests.command_support import REPLY_TOPIC, answering, send_command
+from tests.daemon_proc import start_daemon, stop_daemon
 
 ROOT = "edge/t/s/gw-cmd"
 
@@ -42,7 +38,7 @@ class Requester:
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._ready.set()
         self.client.connect("127.0.0.1", port)
-        self.client.subscribe([("cloud/replies", 1), (f"{ROOT}/reply/+", 1), (f"{ROOT}/events", 1)])
+        self.client.subscribe([(REPLY_TOPIC, 1), (f"{ROOT}/reply/+", 1), (f"{ROOT}/events", 1)])
         self.client.loop_start()
         assert self._ready.wait(10)
 
@@ -61,13 +57,8 @@ class Requester:
     def request(
         self, name: str, body: bytes | dict[str, Any], timeout: float = 15
     ) -> dict[str, Any]:
-        corr = uuid.uuid4().bytes
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = "cloud/replies"
-        props.CorrelationData = corr
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.client.publish(f"{ROOT}/cmd/{name}", payload, qos=1, properties=props)
-        return wait_for(lambda: self.replies.get(corr), timeout, f"reply to {name}")
+        return send_command(self.client, ROOT, name, payload, self.replies, timeout)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -87,35 +78,21 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Requester,
             "[logging]\nshow_results = false\n\n"
             '[[sensors]]\nname = "imu-0"\nlink = "emulated"\n'
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
-        log = (tmp / "daemon.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        log = tmp / "daemon.log"
+        proc = start_daemon(config, log)
         req = Requester(broker.port)
         try:
             wait_for(
                 lambda: any(e["event"] == "agent.started" for e in req.events), 20, "daemon up"
             )
             # The daemon subscribes to commands right after connecting; ping until it answers.
-            wait_for(lambda: _try_ping(req), 20, "command subscription")
+            wait_for(
+                lambda: answering(req.request, {"id": uuid.uuid4().hex}), 20, "command subscription"
+            )
             yield req, config
         finally:
             req.close()
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(20)
-            log.close()
-
-
-def _try_ping(req: Requester) -> bool:
-    try:
-        req.request("ping", {"id": uuid.uuid4().hex}, timeout=1)
-    except AssertionError:
-        return False
-    return True
+            stop_daemon(proc, log)
 
 
 def test_ping_echoes_with_timestamps_and_correlation(setup: tuple[Requester, Path]) -> None:

@@ -8,10 +8,7 @@ so the broker keeps nothing for it; on reconnecting it sees the gap in `seq`, as
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -24,14 +21,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from edge_agent.config import parse_config
 from edge_agent.errors import CommandError
 from edge_agent.service.control import request
 from edge_agent.sync.resend import MAX_SEQS, Resender
 from tests.broker import Mosquitto, wait_for
+from tests.command_support import REPLY_TOPIC, answering, send_command
+from tests.daemon_proc import start_daemon, stop_daemon
 
 ROOT = "edge/t/s/gw-rs"
 SUMMARY = f"{ROOT}/summary"
@@ -92,13 +89,8 @@ class Client:
             return out
 
     def request(self, name: str, args: dict[str, Any], timeout: float = 15) -> dict[str, Any]:
-        corr = uuid.uuid4().bytes
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = "cloud/replies"
-        props.CorrelationData = corr
         body = json.dumps({"id": uuid.uuid4().hex, "args": args}).encode()
-        self.client.publish(f"{ROOT}/cmd/{name}", body, qos=1, properties=props)
-        return wait_for(lambda: self.replies.get(corr), timeout, f"reply to {name}")
+        return send_command(self.client, ROOT, name, body, self.replies, timeout)
 
 
 @dataclass
@@ -124,33 +116,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "[logging]\nshow_results = false\n\n"
             '[[sensors]]\nname = "imu-0"\nlink = "emulated"\n'
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
-        log = (tmp / "daemon.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        cloud = Client(
-            broker.port, ["cloud/replies", SUMMARY, f"{ROOT}/status", f"{ROOT}/heartbeat"]
-        )
+        log = tmp / "daemon.log"
+        proc = start_daemon(config, log)
+        cloud = Client(broker.port, [REPLY_TOPIC, SUMMARY, f"{ROOT}/status", f"{ROOT}/heartbeat"])
         try:
-            wait_for(lambda: _answers(cloud), 30, "the daemon answering commands")
+            wait_for(lambda: answering(cloud.request, {}), 30, "the daemon answering commands")
             yield Setup(cloud, proc, broker.port, tmp / "rs.sock")
         finally:
             cloud.disconnect()
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(20)
-            log.close()
-
-
-def _answers(cloud: Client) -> bool:
-    try:
-        cloud.request("ping", {}, timeout=1)
-    except AssertionError:
-        return False
-    return True
+            stop_daemon(proc, log)
 
 
 def test_a_real_loss_is_seen_and_repaired_with_the_same_messages(setup: Setup) -> None:
