@@ -44,6 +44,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_agent.cloud.args import add_broker_arguments, broker_arguments_error, password
 from edge_agent.contract import Ledger
 
 log = logging.getLogger("cloud_consumer")
@@ -85,10 +86,7 @@ class Consumer:
             **({} if v5 else {"clean_session": args.session_expiry == 0}),
         )
         if args.username:
-            password = None
-            if args.password_file:
-                password = Path(args.password_file).read_text(encoding="utf-8").splitlines()[0]
-            self.client.username_pw_set(args.username, password)
+            self.client.username_pw_set(args.username, password(args))
         if args.tls or args.cafile:
             context = ssl.create_default_context(cafile=args.cafile)
             if args.certfile:
@@ -224,26 +222,8 @@ class Consumer:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
-    p.add_argument("--prefix", default="edge", help="topic prefix of the fleet (default edge)")
-    p.add_argument("--share", metavar="GROUP", help="subscribe as a member of $share/GROUP")
+    add_broker_arguments(p, protocols=("5", "3.1.1"))
     p.add_argument("--db", required=True, type=Path, help="SQLite file to store messages in")
-    p.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version")
-    p.add_argument("--client-id", help="MQTT client id (default: unique per run)")
-    p.add_argument(
-        "--session-expiry",
-        type=int,
-        default=0,
-        metavar="S",
-        help="keep the broker session S seconds across disconnects (needs --client-id)",
-    )
-    p.add_argument("--username", help="user name for the broker")
-    p.add_argument("--password-file", help="file whose first line is the password")
-    p.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
-    p.add_argument("--cafile", help="CA bundle of the broker (implies --tls)")
-    p.add_argument("--certfile", help="client certificate for mutual TLS")
-    p.add_argument("--keyfile", help="client key for mutual TLS")
     p.add_argument("--duration", type=float, default=0, metavar="S", help="stop after S seconds")
     p.add_argument(
         "--idle-exit", type=float, default=0, metavar="S", help="stop after S quiet seconds"
@@ -276,11 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.session_expiry and not args.client_id:
-        print("--session-expiry needs a fixed --client-id", file=sys.stderr)
-        return 2
-    if bool(args.certfile) != bool(args.keyfile):
-        print("mutual TLS needs both --certfile and --keyfile", file=sys.stderr)
+    if problem := broker_arguments_error(args):
+        print(problem, file=sys.stderr)
         return 2
     if args.share and args.protocol != "5":
         print(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import sys
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -253,6 +254,19 @@ def test_the_cloud_consumer_stays_on_the_cloud_side(
         )
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_broker_flags_need_no_cloud_extra() -> None:
+    """`edge_agent.cloud.args` imports only the standard library: the SQLite checker
+    (`scripts/cloud_consumer.py`) takes its flags from there and runs without psycopg."""
+    path = REPO / "edge_agent" / "cloud" / "args.py"
+    names = imported_names(ast.parse(path.read_text()), "edge_agent.cloud.args", False)
+    outside = [
+        f"{name} (line {line})"
+        for name, line in names
+        if name.partition(".")[0] not in sys.stdlib_module_names
+    ]
+    assert not outside, outside
 
 
 def test_only_the_runner_imports_the_composition_root(

@@ -11,7 +11,9 @@ payload models) and the documented MQTT contract, nothing else of the gateway:
 - `consumer`: `CloudConsumer`, the MQTT client (protocol negotiation, `--share` check,
   fleet re-announce, `sync.resend` requests and replies);
 - `report`: the JSON report;
-- `cli`: `edge-agent-cloud run` / `report`.
+- `cli`: `edge-agent-cloud run` / `report`;
+- `args`: the broker-connection flags, shared with `scripts/cloud_consumer.py` (standard
+  library only: the script runs without the `cloud` extra).
 
 See docs/cloud.md.
 """

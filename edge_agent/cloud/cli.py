@@ -18,10 +18,10 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 
 import psycopg
 
+from edge_agent.cloud.args import add_broker_arguments, broker_arguments_error, password
 from edge_agent.cloud.consumer import CloudConsumer, ConsumerOptions, UsageError
 from edge_agent.cloud.report import SILENT_AFTER_S, report
 from edge_agent.cloud.store import CloudStore, RepairTiming
@@ -42,35 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="consume until SIGINT/SIGTERM, then print the report")
     run.add_argument("--dsn", default=os.environ.get("EDGE_AGENT_CLOUD_DSN", ""), help=dsn_help)
-    run.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
-    run.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
-    run.add_argument("--prefix", default="edge", help="topic prefix of the fleet (default edge)")
-    run.add_argument(
-        "--protocol",
-        choices=("auto", "5", "3.1.1"),
-        default="auto",
-        help="MQTT version; auto tries 5 and falls back to 3.1.1 (default auto)",
-    )
-    run.add_argument(
-        "--share",
-        metavar="GROUP",
-        help="be one member of the MQTT 5 shared subscription $share/GROUP (refused where "
-        "the broker has none)",
-    )
-    run.add_argument("--client-id", help="MQTT client id (default: unique per run)")
-    run.add_argument(
-        "--session-expiry",
-        type=int,
-        default=0,
-        metavar="S",
-        help="keep the broker session S seconds across disconnects (needs --client-id)",
-    )
-    run.add_argument("--username", help="user name for the broker")
-    run.add_argument("--password-file", type=Path, help="file whose first line is the password")
-    run.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
-    run.add_argument("--cafile", help="CA bundle of the broker (implies --tls)")
-    run.add_argument("--certfile", help="client certificate for mutual TLS")
-    run.add_argument("--keyfile", help="client key for mutual TLS")
+    add_broker_arguments(run, protocols=("auto", "5", "3.1.1"))
     run.add_argument(
         "--grace",
         type=float,
@@ -126,9 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> ConsumerOptions:
-    password = None
-    if args.password_file:
-        password = args.password_file.read_text(encoding="utf-8").splitlines()[0]
     return ConsumerOptions(
         host=args.host,
         port=args.port,
@@ -138,7 +107,7 @@ def _options(args: argparse.Namespace) -> ConsumerOptions:
         client_id=args.client_id,
         session_expiry=args.session_expiry,
         username=args.username,
-        password=password,
+        password=password(args),
         tls=args.tls,
         cafile=args.cafile,
         certfile=args.certfile,
@@ -150,11 +119,8 @@ def _options(args: argparse.Namespace) -> ConsumerOptions:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.session_expiry and not args.client_id:
-        print("--session-expiry needs a fixed --client-id", file=sys.stderr)
-        return 2
-    if bool(args.certfile) != bool(args.keyfile):
-        print("mutual TLS needs both --certfile and --keyfile", file=sys.stderr)
+    if problem := broker_arguments_error(args):
+        print(problem, file=sys.stderr)
         return 2
     if args.grace < 0 or args.retry <= 0 or args.retry_max < args.retry or args.tail_probe < 0:
         print(
