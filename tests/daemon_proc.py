@@ -7,9 +7,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from firmware_bridge.emulator import DeviceEmulator
 
 
 def toml_value(value: Any) -> str:
@@ -56,6 +59,32 @@ def write_config(
         lines += [f"{k} = {toml_value(v)}" for k, v in sensor.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def emulators_config(
+    tmp: Path, port: int, emus: Sequence[DeviceEmulator], device: str, **mqtt_keys: Any
+) -> Path:
+    """`<device>.toml` (database `<device>.db`) in `tmp`: a daemon reading `emus` as the serial
+    sensors `imu-0`, `imu-1`, ..., uploading results every 0.1 s to the broker at `port` and
+    reconnecting from 0.1 s; `mqtt_keys` add to its `[mqtt]`."""
+    return write_config(
+        tmp / f"{device}.toml",
+        db=tmp / f"{device}.db",
+        sensors=[
+            {"name": f"imu-{i}", "link": "serial", "port": e.tty_path} for i, e in enumerate(emus)
+        ],
+        mqtt_port=port,
+        device=device,
+        sections={
+            "mqtt": {"reconnect_min_s": 0.1, **mqtt_keys},
+            "sync": {
+                "heartbeat_interval_s": 1.0,
+                "summary_interval_s": 1.0,
+                "results_interval_s": 0.1,
+                "upload_results": True,
+            },
+        },
+    )
 
 
 def daemon_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

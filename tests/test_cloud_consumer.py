@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from firmware_bridge.emulator import DeviceEmulator
 from tests.broker import Mosquitto, wait_for
 from tests.cloud_messages import evicted, heartbeat, results, summary
-from tests.daemon_proc import start_daemon, stop_daemon, write_config
+from tests.daemon_proc import emulators_config, start_daemon, stop_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSUMER = ROOT / "scripts" / "cloud_consumer.py"
@@ -73,27 +73,6 @@ def _stored(db: Path, gateway: str, kind: str) -> list[dict[str, Any]]:
         kind,
     )
     return [json.loads(r[0]) for r in rows]
-
-
-def _daemon_config(tmp: Path, port: int, emus: list[DeviceEmulator], device: str) -> Path:
-    return write_config(
-        tmp / f"{device}.toml",
-        db=tmp / f"{device}.db",
-        sensors=[
-            {"name": f"imu-{i}", "link": "serial", "port": e.tty_path} for i, e in enumerate(emus)
-        ],
-        mqtt_port=port,
-        device=device,
-        sections={
-            "mqtt": {"reconnect_min_s": 0.1},
-            "sync": {
-                "heartbeat_interval_s": 1.0,
-                "summary_interval_s": 1.0,
-                "results_interval_s": 0.1,
-                "upload_results": True,
-            },
-        },
-    )
 
 
 def _windows(db: Path, gateway: str) -> int:
@@ -162,7 +141,7 @@ def test_consumer_reports_a_clean_daemon_stream_and_every_injected_fault(
     with Mosquitto(tmp_path) as broker:
         consumer = _consumer(broker.port, db, out, "--expect-from-first", "--inflight-window", "64")
         try:
-            config = _daemon_config(tmp_path, broker.port, emulators, "gw-cons")
+            config = emulators_config(tmp_path, broker.port, emulators, "gw-cons")
             log = tmp_path / "daemon.log"
             daemon = start_daemon(config, log)
             try:
@@ -231,7 +210,7 @@ def test_two_members_of_a_shared_subscription_together_miss_nothing(
     with Mosquitto(tmp_path) as broker:
         members = [_consumer(broker.port, db, o, "--share", "cloud") for o in outs]
         try:
-            config = _daemon_config(tmp_path, broker.port, emulators, "gw-shared")
+            config = emulators_config(tmp_path, broker.port, emulators, "gw-shared")
             log = tmp_path / "daemon.log"
             daemon = start_daemon(config, log)
             try:

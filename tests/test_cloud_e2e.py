@@ -34,7 +34,7 @@ from edge_agent.cloud.consumer import CloudConsumer, ConsumerOptions
 from edge_agent.cloud.store import CloudStore, RepairTiming
 from firmware_bridge.emulator import DeviceEmulator
 from tests.broker import Mosquitto, collector, wait_for
-from tests.daemon_proc import start_daemon, stop_daemon, write_config
+from tests.daemon_proc import emulators_config, start_daemon, stop_daemon, write_config
 from tests.nats import Nats
 from tests.postgres import Postgres
 
@@ -47,27 +47,9 @@ def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nats]:
         yield server
 
 
-def daemon_config(
-    tmp: Path, port: int, emus: list[DeviceEmulator], device: str, **mqtt_keys: Any
-) -> Path:
-    return write_config(
-        tmp / f"{device}.toml",
-        db=tmp / f"{device}.db",
-        sensors=[
-            {"name": f"imu-{i}", "link": "serial", "port": e.tty_path} for i, e in enumerate(emus)
-        ],
-        mqtt_port=port,
-        device=device,
-        sections={
-            "mqtt": {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, **mqtt_keys},
-            "sync": {
-                "heartbeat_interval_s": 1.0,
-                "summary_interval_s": 1.0,
-                "results_interval_s": 0.1,
-                "upload_results": True,
-            },
-        },
-    )
+def daemon_config(tmp: Path, port: int, emus: list[DeviceEmulator], device: str) -> Path:
+    # Brokers restart under running daemons here: back within half a second.
+    return emulators_config(tmp, port, emus, device, reconnect_max_s=0.5)
 
 
 def query(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
