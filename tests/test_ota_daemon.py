@@ -28,14 +28,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from edge_agent.inference.bundle import load_bundle
 from edge_agent.ota.archive import PackedArchive
 from edge_agent.ota.repository import RESTARTED, read_state
 from firmware_bridge.emulator import CsvRecording, DeviceEmulator
 from tests.broker import Mosquitto, wait_for
+from tests.command_support import REPLY_TOPIC, send_command
 from tests.daemon_proc import cli, events, start_daemon, stop_daemon, write_config
 from tests.ota_support import (
     RECORDING,
@@ -74,7 +73,7 @@ class Cloud:
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._ready.set()
         self.client.connect("127.0.0.1", port)
-        self.client.subscribe("cloud/replies", 1)
+        self.client.subscribe(REPLY_TOPIC, 1)
         self.client.loop_start()
         assert self._ready.wait(10)
 
@@ -84,13 +83,8 @@ class Cloud:
             self.replies[corr] = json.loads(msg.payload)
 
     def request(self, name: str, args: dict[str, Any], timeout: float = 15) -> dict[str, Any]:
-        corr = uuid.uuid4().bytes
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = "cloud/replies"
-        props.CorrelationData = corr
         body = json.dumps({"id": uuid.uuid4().hex, "args": args}).encode()
-        self.client.publish(f"{ROOT}/cmd/{name}", body, qos=1, properties=props)
-        return wait_for(lambda: self.replies.get(corr), timeout, f"reply to {name}")
+        return send_command(self.client, ROOT, name, body, self.replies, timeout)
 
     def close(self) -> None:
         self.client.disconnect()
