@@ -59,12 +59,18 @@ def broker_arguments_error(args: argparse.Namespace) -> str | None:
         return "--session-expiry needs a fixed --client-id"
     if bool(args.certfile) != bool(args.keyfile):
         return "mutual TLS needs both --certfile and --keyfile"
+    if args.password_file is not None:
+        try:
+            password(args)
+        except (OSError, UnicodeDecodeError) as err:
+            return f"--password-file {args.password_file}: {err}"
     return None
 
 
 def password(args: argparse.Namespace) -> str | None:
-    """The first line of --password-file, or None without one."""
+    """The first line of --password-file ("" for an empty file), or None without one."""
     path: Path | None = args.password_file
     if path is None:
         return None
-    return path.read_text(encoding="utf-8").splitlines()[0]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return lines[0] if lines else ""

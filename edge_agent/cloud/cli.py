@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -122,9 +123,16 @@ def _run(args: argparse.Namespace) -> int:
     if problem := broker_arguments_error(args):
         print(problem, file=sys.stderr)
         return 2
-    if args.grace < 0 or args.retry <= 0 or args.retry_max < args.retry or args.tail_probe < 0:
+    timings = (args.grace, args.retry, args.retry_max, args.tail_probe)
+    if not (
+        all(math.isfinite(t) for t in timings)
+        and args.grace >= 0
+        and args.retry > 0
+        and args.retry_max >= args.retry
+        and args.tail_probe >= 0
+    ):
         print(
-            "--grace >= 0, --retry > 0, --retry-max >= --retry and --tail-probe >= 0",
+            "--grace >= 0, --retry > 0, --retry-max >= --retry and --tail-probe >= 0, all finite",
             file=sys.stderr,
         )
         return 2
