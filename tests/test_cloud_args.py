@@ -9,6 +9,7 @@ import pytest
 
 from edge_agent.cloud import cli
 from edge_agent.cloud.args import broker_arguments_error, password
+from tests.pki import make_cert, new_key, write_pem
 
 DSN = "host=127.0.0.1 port=1 connect_timeout=1"  # never reached: the usage check comes first
 
@@ -35,12 +36,30 @@ def test_a_password_file_is_read_or_refused_with_its_name(tmp_path: Path) -> Non
     assert "utf-8" in undecodable
 
 
+def test_tls_files_are_loaded_before_anything_connects(tmp_path: Path) -> None:
+    ca_key, client_key = new_key(), new_key()
+    write_pem(tmp_path / "ca", ca_key, make_cert("ca", ca_key, ca_key, "ca", ca=True))
+    write_pem(tmp_path / "client", client_key, make_cert("gw", client_key, ca_key, "ca"))
+    ca, crt, key = (str(tmp_path / n) for n in ("ca.crt", "client.crt", "client.key"))
+    assert broker_arguments_error(_args("--cafile", ca)) is None
+    mutual = _args("--cafile", ca, "--certfile", crt, "--keyfile", key)
+    assert broker_arguments_error(mutual) is None
+    not_pem = broker_arguments_error(_args("--cafile", key))
+    assert not_pem is not None
+    assert not_pem.startswith(f"TLS files (--cafile {key}) cannot be used: ")
+    swapped = broker_arguments_error(_args("--certfile", key, "--keyfile", crt))
+    assert swapped is not None
+    assert swapped.startswith(f"TLS files (--certfile {key}, --keyfile {crt}) cannot be used")
+
+
 @pytest.mark.parametrize(
     "argv",
     [
         ["--password-file", "/nonexistent/password"],
         ["--session-expiry", "60"],
         ["--certfile", "client.crt"],
+        ["--cafile", "/nonexistent/ca.crt"],
+        ["--certfile", "/nonexistent/c.crt", "--keyfile", "/nonexistent/c.key"],
         ["--grace", "nan"],
         ["--retry", "0"],
         ["--retry", "inf", "--retry-max", "inf"],

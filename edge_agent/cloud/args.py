@@ -8,6 +8,7 @@ import psycopg or anything of the package that does.
 from __future__ import annotations
 
 import argparse
+import ssl
 from pathlib import Path
 
 __all__ = ["add_broker_arguments", "broker_arguments_error", "password"]
@@ -64,6 +65,22 @@ def broker_arguments_error(args: argparse.Namespace) -> str | None:
             password(args)
         except (OSError, UnicodeDecodeError) as err:
             return f"--password-file {args.password_file}: {err}"
+    if args.tls or args.cafile or args.certfile:
+        try:  # the files as the connection will load them (ssl.SSLError is an OSError)
+            context = ssl.create_default_context(cafile=args.cafile)
+            if args.certfile:
+                context.load_cert_chain(args.certfile, args.keyfile)
+        except OSError as err:
+            files = ", ".join(
+                f"--{name} {value}"
+                for name, value in (
+                    ("cafile", args.cafile),
+                    ("certfile", args.certfile),
+                    ("keyfile", args.keyfile),
+                )
+                if value
+            )
+            return f"TLS files ({files}) cannot be used: {err}"
     return None
 
 
