@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 from edge_agent.config import parse_config
 from edge_agent.errors import ConfigError
+from edge_agent.service.doctor import check_broker, check_transport
 from edge_agent.store.db import Store, enqueue
 from edge_agent.sync.mqtt import MqttUplink
 from tests.broker import Mosquitto, collector, free_port, wait_for
@@ -135,3 +138,46 @@ def test_require_tls_refuses_a_plaintext_config() -> None:
         parse_config({"mqtt": {"require_tls": True}}, source="t", environ={})
     with pytest.raises(ConfigError, match="both cert_file and key_file"):
         parse_config({"mqtt": {"tls": True, "cert_file": "/x.crt"}}, source="t", environ={})
+
+
+def test_tls_files_that_cannot_be_loaded_are_named_not_raised(pki: Path, tmp_path: Path) -> None:
+    """A missing CA file, a CA file that is no certificate, and a certificate with another
+    key's file: the uplink fails with a ConfigError naming the key (its supervisor restarts
+    it, so putting the file in place heals it), and doctor reports a failed check instead
+    of ending with a traceback."""
+    ca, crt = str(pki / "ca.crt"), str(pki / "client.crt")
+    cases = [
+        ("mqtt.ca_file", {"ca_file": str(tmp_path / "missing.crt")}, "No such file"),
+        ("mqtt.ca_file", {"ca_file": str(pki / "client.key")}, "cannot be loaded"),
+        (
+            "mqtt.cert_file",
+            {"ca_file": ca, "cert_file": crt, "key_file": str(pki / "other-ca.key")},
+            "KEY_VALUES_MISMATCH",
+        ),
+    ]
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # doctor's TCP check passes
+        port = listener.getsockname()[1]
+        for key, files, why in cases:
+            config = parse_config(
+                {"mqtt": {"host": "127.0.0.1", "port": port, "tls": True, **files}},
+                source="test",
+                environ={},
+            )
+            with pytest.raises(ConfigError) as err:
+                config.mqtt.load_tls(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+            assert [i.path for i in err.value.issues] == [key]
+            assert why in str(err.value)
+            store = Store(tmp_path / "s.db", device_id="gw", topic_root=config.topic_root)
+            store.open()
+            try:
+                with pytest.raises(ConfigError, match=key):
+                    asyncio.run(MqttUplink(config, store).run())
+            finally:
+                store.close()
+            broker = check_broker(config, timeout=1)
+            assert (broker.status, broker.summary) == ("fail", str(err.value.issues[0]))
+            assert f"edge-agent config set {key} PATH" in (broker.fix or "")
+            if key == "mqtt.ca_file":
+                transport = check_transport(config, timeout=1)
+                assert transport.status == "fail"
+                assert transport.summary.startswith(f"CA file {files['ca_file']} cannot be loaded")

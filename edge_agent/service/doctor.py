@@ -334,7 +334,15 @@ def check_tls(
 ) -> Check:
     """The broker's certificate verifies against `ca_file` and is not about to expire;
     so is the client certificate when one is configured."""
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except OSError as err:  # ssl.SSLError is an OSError
+        return Check(
+            "tls",
+            "fail",
+            f"CA file {ca_file} cannot be loaded: {err}",
+            "point mqtt.ca_file at the PEM file of the CA that signed the broker's certificate",
+        )
     try:
         with (
             socket.create_connection((host, port), timeout=timeout) as raw,
@@ -414,13 +422,19 @@ def _mqtt_attempt(
         except ConfigError as err:
             return Check("broker", "fail", str(err), "fix mqtt.password_file or its permissions")
         client.username_pw_set(cfg.username, password)
-    tls = tls_settings(config)
-    if tls.enabled:
-        client.tls_set(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-        )
+    if cfg.tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            cfg.load_tls(context)
+        except ConfigError as err:
+            issue = err.issues[0]
+            return Check(
+                "broker",
+                "fail",
+                str(issue),
+                f"put the file in place, or `edge-agent config set {issue.path} PATH`",
+            )
+        client.tls_set_context(context)
     answered = threading.Event()
     attempt = _Attempt()
 

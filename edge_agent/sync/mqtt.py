@@ -180,14 +180,9 @@ class _Connection:
         self._tls: _TrackingContext | None = None
         if cfg.tls:
             context = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
-            if cfg.ca_file is not None:
-                context.load_verify_locations(cafile=str(cfg.ca_file))
-            else:
-                context.load_default_certs()
+            cfg.load_tls(context)  # a bad file: ConfigError naming it, the component restarts
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             self._tls = context
-            if cfg.cert_file is not None and cfg.key_file is not None:
-                context.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
             self.client.tls_set_context(context)
         self.client.on_message = self._on_message
         self.client.max_inflight_messages_set(cfg.max_inflight)
