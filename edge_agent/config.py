@@ -406,6 +406,17 @@ class StorageConfig(Section):
         "released when the disk is full, so eviction has room to run (0: none).",
     )
 
+    @field_validator("path")
+    @classmethod
+    def _names_a_file(cls, value: Path) -> Path:
+        """The socket, `-wal` and `.reserve` files are named after it: "/" or "." has no name."""
+        if value.name in ("", ".", ".."):
+            raise ValueError(
+                f"{str(value)!r} is a directory, not a file; name the database file in it "
+                "(e.g. /var/lib/edge-agent/edge-agent.db)"
+            )
+        return value
+
 
 class ModelsConfig(Section):
     """Where model bundles are found."""

@@ -69,19 +69,24 @@ def socket_for(config: Path | None, socket: Path | None) -> Path:
 
 def _socket_from_raw(path: Path | None) -> Path | None:
     """The socket path from a config file that parses as TOML but does not validate."""
-    import tomllib
+    from edge_agent.config_sources import read_config_file
 
     if path is None:
         return None
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
+        data = read_config_file(path)
+    except ConfigError:  # not readable, not UTF-8, not TOML: the caller reports the file
         return None
     service, storage = data.get("service") or {}, data.get("storage") or {}
     if isinstance(service, dict) and isinstance(service.get("control_socket"), str):
-        return Path(service["control_socket"])
-    db = storage.get("path", "edge-agent.db") if isinstance(storage, dict) else "edge-agent.db"
-    return Path(str(db)).with_suffix(".sock")
+        found = Path(service["control_socket"])
+    else:
+        db = storage.get("path", "edge-agent.db") if isinstance(storage, dict) else "edge-agent.db"
+        db_path = Path(str(db))
+        if db_path.name in ("", ".", ".."):  # no file name to put ".sock" on
+            return None
+        found = db_path.with_suffix(".sock")
+    return found if found.name else None
 
 
 def _call(path: Path, cmd: str, timeout: float = 30.0) -> dict[str, Any]:

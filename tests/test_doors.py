@@ -1,0 +1,62 @@
+"""Every door of the CLI: a bad file, config or socket answer is a clear error, never a traceback.
+
+Each case is what an operator could really hand a command: a config that is not UTF-8, a
+database path that names a directory, something else answering on the control socket.
+The command must end with its documented exit status and a message naming the culprit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_agent.cli import app
+
+runner = CliRunner()
+
+
+def _run(*args: str) -> tuple[int, str]:
+    """Exit status and all output of `edge-agent ARGS`; fails on an escaped exception."""
+    result = runner.invoke(app, list(args), env={"EDGE_AGENT_CONFIG": None})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"escaped: {result.exception!r}") from result.exception
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    return result.exit_code, output
+
+
+# -- config files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["status"], ["reload"], ["tail"], ["ui"]])
+def test_a_config_that_is_not_utf8_is_named_by_the_socket_commands(
+    tmp_path: Path, command: list[str]
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_bytes(b"\xff\xfe[mqtt]\n")
+    code, output = _run(*command, "-c", str(config))
+    assert code == 2
+    assert f"{config}: not UTF-8" in output
+
+
+@pytest.mark.parametrize("db", ["/", ".", "state/.."])
+@pytest.mark.parametrize("command", [["status"], ["doctor"], ["models", "list"]])
+def test_a_database_path_without_a_file_name_is_a_config_error(
+    tmp_path: Path, db: str, command: list[str]
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[storage]\npath = "{db}"\n')
+    code, output = _run(*command, "-c", str(config))
+    assert code == 2
+    assert "storage.path" in output
+    assert "name the database file" in output
+
+
+def test_status_with_an_empty_database_path_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('[storage]\npath = ""\n')
+    code, output = _run("status", "-c", str(config))
+    assert code == 2
+    assert "storage.path" in output
