@@ -7,6 +7,8 @@ The command must end with its documented exit status and a message naming the cu
 
 from __future__ import annotations
 
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,66 @@ def test_status_with_an_empty_database_path_names_the_key(tmp_path: Path) -> Non
     code, output = _run("status", "-c", str(config))
     assert code == 2
     assert "storage.path" in output
+
+
+# -- the control socket ------------------------------------------------------------------------
+
+
+def _serve_once(path: Path, reply: bytes) -> threading.Thread:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    server.settimeout(5.0)
+
+    def serve() -> None:
+        with server:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, name="other-socket")
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.0 400 Bad Request\r\n\r\n", b"\xff\xfe\x00\n"])
+@pytest.mark.parametrize("command", [["status"], ["reload"], ["tail", "-n", "1"]])
+def test_something_else_on_the_socket_is_named(
+    tmp_path: Path, reply: bytes, command: list[str]
+) -> None:
+    path = tmp_path / "other.sock"
+    thread = _serve_once(path, reply)
+    try:
+        code, output = _run(*command, "--socket", str(path), "-c", "/dev/null")
+    finally:
+        thread.join(5.0)
+    assert code == 1
+    assert f"{path} answered with something that is not edge-agent's control protocol" in output
+
+
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [
+        (["status"], b'{"ok": true}\n'),
+        (["status"], b'{"ok": true, "status": {"mqtt": 5}}\n'),
+        (["status", "--json"], b'{"ok": true, "version": 9}\n'),
+        (["reload"], b'{"ok": true}\n'),
+        (["reload"], b'{"ok": true, "reload": 5}\n'),
+    ],
+)
+def test_a_reply_of_another_shape_says_the_daemon_may_be_another_version(
+    tmp_path: Path, command: list[str], reply: bytes
+) -> None:
+    path = tmp_path / "old.sock"
+    thread = _serve_once(path, reply)
+    try:
+        code, output = _run(*command, "--socket", str(path), "-c", "/dev/null")
+    finally:
+        thread.join(5.0)
+    assert code == 1
+    assert f"from {path} is not what edge-agent" in output
+    assert "restart it" in output

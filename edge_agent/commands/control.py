@@ -89,6 +89,19 @@ def _socket_from_raw(path: Path | None) -> Path | None:
     return found if found.name else None
 
 
+def _unreadable_reply(path: Path, cmd: str, err: Exception) -> typer.Exit:
+    """A reply that is JSON but not the shape this version knows: another version answered."""
+    from edge_agent import __version__
+
+    typer.echo(
+        f"error: the answer to {cmd!r} from {path} is not what edge-agent {__version__} "
+        f"expects ({type(err).__name__}: {err}); if the daemon runs another version, restart "
+        "it (sudo systemctl restart edge-agent)",
+        err=True,
+    )
+    return typer.Exit(1)
+
+
 def _call(path: Path, cmd: str, timeout: float = 30.0) -> dict[str, Any]:
     from edge_agent.service.control import ControlError, DaemonNotRunningError, request
 
@@ -257,14 +270,16 @@ def status(
     config: ToolConfigOption = None, socket: SocketOption = None, as_json: JsonOption = False
 ) -> None:
     """Show the running daemon: sensors and rates, models, broker, outbox, last errors."""
-    reply = _call(socket_for(config, socket), "status")
+    path = socket_for(config, socket)
+    reply = _call(path, "status")
     if not reply.get("ok"):
         typer.echo(f"error: {reply.get('error')}", err=True)
         raise typer.Exit(1)
-    if as_json:
-        typer.echo(json.dumps(reply["status"], indent=2))
-    else:
-        typer.echo(render_status(reply["status"]))
+    try:
+        page = json.dumps(reply["status"], indent=2) if as_json else render_status(reply["status"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise _unreadable_reply(path, "status", err) from err
+    typer.echo(page)
 
 
 def tail(
@@ -313,30 +328,41 @@ def reload(
     config: ToolConfigOption = None, socket: SocketOption = None, as_json: JsonOption = False
 ) -> None:
     """Make the daemon re-read its config: changed sensors restart, the others keep streaming."""
-    reply = _call(socket_for(config, socket), "reload", timeout=120.0)
+    path = socket_for(config, socket)
+    reply = _call(path, "reload", timeout=120.0)
     if as_json:
         typer.echo(json.dumps(reply, indent=2))
     elif reply.get("ok"):
-        r = reply["reload"]
-
-        def names(key: str) -> str:
-            return ", ".join(r.get(key) or []) or "none"
-
-        typer.echo(f"reloaded {r.get('config')}")
-        typer.echo(f"  restarted: {names('restarted')}")
-        typer.echo(f"  added:     {names('added')}")
-        typer.echo(f"  removed:   {names('removed')}")
-        typer.echo(f"  unchanged: {names('unchanged')}")
-        typer.echo(f"  mqtt:      {r.get('mqtt')}")
-        if r.get("restart_required"):
-            typer.echo(
-                f"  needs a restart to apply: {names('restart_required')} "
-                "(sudo systemctl restart edge-agent)"
-            )
+        try:
+            typer.echo(_render_reload(reply["reload"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise _unreadable_reply(path, "reload", err) from err
     else:
         typer.echo(f"reload refused, still running the previous config:\n{reply.get('error')}")
     if not reply.get("ok"):
         raise typer.Exit(1)
+
+
+def _render_reload(r: dict[str, Any]) -> str:
+    """What `edge-agent reload` prints for a reload the daemon applied."""
+
+    def names(key: str) -> str:
+        return ", ".join(r.get(key) or []) or "none"
+
+    lines = [
+        f"reloaded {r.get('config')}",
+        f"  restarted: {names('restarted')}",
+        f"  added:     {names('added')}",
+        f"  removed:   {names('removed')}",
+        f"  unchanged: {names('unchanged')}",
+        f"  mqtt:      {r.get('mqtt')}",
+    ]
+    if r.get("restart_required"):
+        lines.append(
+            f"  needs a restart to apply: {names('restart_required')} "
+            "(sudo systemctl restart edge-agent)"
+        )
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:

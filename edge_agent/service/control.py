@@ -438,7 +438,7 @@ def _connect(path: Path, timeout: float) -> socket.socket:
     return sock
 
 
-def _lines(sock: socket.socket) -> Iterator[dict[str, Any]]:
+def _lines(sock: socket.socket, path: Path) -> Iterator[dict[str, Any]]:
     buffer = b""
     while True:
         chunk = sock.recv(65536)
@@ -448,7 +448,15 @@ def _lines(sock: socket.socket) -> Iterator[dict[str, Any]]:
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             if line.strip():
-                body = json.loads(line)
+                try:
+                    body = json.loads(line)
+                except ValueError as err:  # not JSON, or not UTF-8
+                    raise ControlError(
+                        path,
+                        f"{path} answered with something that is not edge-agent's control "
+                        f"protocol ({err}); point --socket (or service.control_socket) at the "
+                        "daemon's socket",
+                    ) from err
                 if isinstance(body, dict):
                     yield body
 
@@ -464,7 +472,7 @@ def request(path: Path, cmd: str, *, timeout: float = 30.0, **args: Any) -> dict
     with _connect(path, timeout) as sock:
         try:
             sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-            for body in _lines(sock):
+            for body in _lines(sock, path):
                 return body
         except (OSError, ValueError) as err:
             raise ControlError(path, f"no answer to {cmd!r} from {path}: {err}") from err
@@ -477,11 +485,12 @@ def stream(path: Path, cmd: str = "tail", **args: Any) -> Iterator[dict[str, Any
     Raises:
         DaemonNotRunningError: nothing listens on `path`.
         ControlAccessDeniedError: this user may not connect.
+        ControlError: what answers is not the daemon's protocol.
     """
     sock = _connect(path, 10.0)
     try:
         sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
         sock.settimeout(None)
-        yield from _lines(sock)
+        yield from _lines(sock, path)
     finally:
         sock.close()
