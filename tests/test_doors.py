@@ -125,3 +125,61 @@ def test_a_reply_of_another_shape_says_the_daemon_may_be_another_version(
     assert code == 1
     assert f"from {path} is not what edge-agent" in output
     assert "restart it" in output
+
+
+# -- face gallery files ------------------------------------------------------------------------
+
+
+def _faces_config(tmp_path: Path, key_file: Path, gallery: Path | None = None) -> Path:
+    config = tmp_path / "agent.toml"
+    text = f'[storage]\npath = "{tmp_path / "agent.db"}"\n[faces]\nkey_file = "{key_file}"\n'
+    if gallery is not None:
+        text += f'gallery_path = "{gallery}"\n'
+    config.write_text(text)
+    return config
+
+
+@pytest.mark.parametrize("command", [["faces", "list"], ["faces", "audit"]])
+def test_a_face_key_file_that_is_a_directory_is_named(tmp_path: Path, command: list[str]) -> None:
+    key_dir = tmp_path / "keys"
+    key_dir.mkdir()
+    code, output = _run(*command, "-c", str(_faces_config(tmp_path, key_dir)))
+    assert code == 1
+    assert f"gallery key {key_dir}: is not a regular file" in output
+    assert "faces keygen" in output
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("garbage.db", b"this is not sqlite\n" * 200, "not a SQLite database"),
+        ("truncated.db", None, "not a SQLite database"),
+        ("dir.db", "dir", "a directory, not a gallery file"),
+    ],
+)
+def test_a_face_gallery_that_is_not_a_database_is_named(
+    tmp_path: Path, name: str, content: bytes | str | None, says: str
+) -> None:
+    import sqlite3
+
+    from edge_agent.faces.keys import generate_key, write_key_file
+
+    key = tmp_path / "face.key"
+    write_key_file(key, generate_key())
+    gallery = tmp_path / name
+    if content == "dir":
+        gallery.mkdir()
+    elif isinstance(content, bytes):
+        gallery.write_bytes(content)
+    else:  # a real database cut to a third of its size
+        conn = sqlite3.connect(gallery)
+        conn.execute("CREATE TABLE t (x)")
+        conn.executemany("INSERT INTO t VALUES (?)", [("x" * 1000,)] * 100)
+        conn.commit()
+        conn.close()
+        whole = gallery.read_bytes()
+        gallery.write_bytes(whole[: len(whole) // 3])
+    code, output = _run("faces", "list", "-c", str(_faces_config(tmp_path, key, gallery)))
+    assert code == 1
+    assert f"{gallery}: {says}" in output
+    assert "faces.gallery_path" in output

@@ -139,10 +139,13 @@ def read_key_file(path: Path, *, check_mode: bool = True, label: str | None = No
         ) from err
     except OSError as err:
         raise GalleryKeyError(source, f"cannot be opened: {err.strerror}") from err
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a directory opens, but cannot be read as a file
+        os.close(fd)
+        raise GalleryKeyError(
+            source, "is not a regular file; create the key with `edge-agent faces keygen PATH`"
+        )
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise GalleryKeyError(source, "is not a regular file")
         if check_mode and info.st_mode & 0o077:
             raise GalleryKeyError(
                 source,

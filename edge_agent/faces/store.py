@@ -238,6 +238,11 @@ class GalleryStore:
 
     def _connect(self, create: bool) -> sqlite3.Connection:
         exists = self.path.exists()
+        if self.path.is_dir():
+            raise GalleryError(
+                f"{self.path}: a directory, not a gallery file; point faces.gallery_path at a "
+                "file in it (or unset it for the default beside storage.path)"
+            )
         if not exists and not create:
             raise GalleryError(f"{self.path}: no gallery here (enrol someone to create it)")
         if not exists:
@@ -262,14 +267,16 @@ class GalleryStore:
             raise
         return conn
 
-    @staticmethod
-    def _has_meta(conn: sqlite3.Connection) -> bool:
+    def _has_meta(self, conn: sqlite3.Connection) -> bool:
         try:
             row = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
             ).fetchone()
         except sqlite3.DatabaseError as err:
-            raise GalleryError(f"not a SQLite database: {err}") from err
+            raise GalleryError(
+                f"{self.path}: not a SQLite database ({err}); restore the gallery from a "
+                "backup, or check faces.gallery_path"
+            ) from err
         return row is not None
 
     def _check_existing(self, conn: sqlite3.Connection) -> None:
