@@ -183,3 +183,26 @@ def test_a_face_gallery_that_is_not_a_database_is_named(
     assert code == 1
     assert f"{gallery}: {says}" in output
     assert "faces.gallery_path" in output
+
+
+# -- files the ota section names ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ca", ["missing.pem", "not-a-pem.txt", "a-directory"])
+def test_an_ota_ca_file_that_cannot_be_loaded_refuses_the_download(tmp_path: Path, ca: str) -> None:
+    ca_file = tmp_path / ca
+    if ca == "not-a-pem.txt":
+        ca_file.write_text("hello\n")
+    elif ca == "a-directory":
+        ca_file.mkdir()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[storage]\npath = "{tmp_path / "agent.db"}"\n[ota]\nca_file = "{ca_file}"\n'
+    )
+    code, output = _run(
+        "models", "install", "https://127.0.0.1:9/x.bundle.tar.gz",
+        "--sha256", "0" * 64, "--size", "100",
+        "-c", str(config), "--socket", str(tmp_path / "none.sock"),
+    )  # fmt: skip
+    assert code == 2
+    assert f"ota.ca_file {ca_file} cannot be loaded" in output

@@ -177,9 +177,17 @@ def _transfer_http(
     on_progress: Progress,
     cancel: threading.Event,
 ) -> int:
-    context = ssl.create_default_context(
-        cafile=str(limits.ca_file) if limits.ca_file is not None else None
-    )
+    try:
+        context = ssl.create_default_context(
+            cafile=str(limits.ca_file) if limits.ca_file is not None else None
+        )
+    except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise _reject(
+            "tls",
+            f"ota.ca_file {limits.ca_file} cannot be loaded ({why}): point it at the PEM file "
+            "of the CA that signed the download server's certificate",
+        ) from err
     opener = urllib.request.build_opener(
         urllib.request.HTTPSHandler(context=context), _RedirectGuard(limits.allow_http)
     )
