@@ -206,3 +206,41 @@ def test_an_ota_ca_file_that_cannot_be_loaded_refuses_the_download(tmp_path: Pat
     )  # fmt: skip
     assert code == 2
     assert f"ota.ca_file {ca_file} cannot be loaded" in output
+
+
+# -- the database --------------------------------------------------------------------------------
+
+
+def test_doctor_says_a_database_path_naming_a_directory_is_not_a_database(tmp_path: Path) -> None:
+    from edge_agent.service.doctor import check_database
+
+    check = check_database(tmp_path)
+    assert check.status == "fail"
+    assert f"{tmp_path} is a directory, not a database" in check.summary
+    assert "storage.path" in (check.fix or "")
+
+
+def test_doctor_fails_a_database_from_a_newer_edge_agent(tmp_path: Path) -> None:
+    import sqlite3
+
+    from edge_agent.service.doctor import check_database
+    from edge_agent.store.schema import SCHEMA_VERSION
+
+    db = tmp_path / "agent.db"
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    check = check_database(db)
+    assert check.status == "fail"
+    assert f"schema {SCHEMA_VERSION + 1} is newer than this edge-agent supports" in check.summary
+    assert "upgrade edge-agent" in (check.fix or "")
+
+
+def test_the_store_names_a_database_path_that_is_a_directory(tmp_path: Path) -> None:
+    from edge_agent.errors import StoreError
+    from edge_agent.store.db import Store
+
+    store = Store(tmp_path, device_id="d", topic_root="t")
+    with pytest.raises(StoreError, match=r"a directory, not a database file; point storage\.path"):
+        store.open(timeout=5.0)
+    store.close()

@@ -690,12 +690,22 @@ def check_disk(
 
 def check_database(path: Path) -> Check:
     """`PRAGMA integrity_check` on a read-only connection."""
+    from edge_agent.store.schema import SCHEMA_VERSION
+
     if not path.exists():
         return Check(
             "database",
             "warn",
             f"{path} does not exist yet",
             "start the daemon once; it creates the database (check storage.path)",
+        )
+    if not path.is_file():
+        return Check(
+            "database",
+            "fail",
+            f"{path} is {'a directory' if path.is_dir() else 'not a regular file'}, not a database",
+            "point storage.path at the database file, e.g. "
+            f"`edge-agent config set storage.path {path / 'edge-agent.db'}`",
         )
     fix = (
         "stop the service, move the file aside (mv edge-agent.db edge-agent.db.corrupt), "
@@ -713,6 +723,7 @@ def check_database(path: Path) -> Check:
     try:
         rows = [r[0] for r in conn.execute("PRAGMA integrity_check(5)").fetchall()]
         tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     except sqlite3.DatabaseError as err:
         if "readonly" in str(err) or "unable to open" in str(err):
             return Check("database", "fail", f"cannot read {path}: {err}", "run doctor with sudo")
@@ -722,6 +733,13 @@ def check_database(path: Path) -> Check:
     if rows != ["ok"]:
         found = "; ".join(" ".join(r.split()) for r in rows)
         return Check("database", "fail", f"{path} is damaged: {found}", fix)
+    if version > SCHEMA_VERSION:  # the daemon refuses to start on it
+        return Check(
+            "database",
+            "fail",
+            f"{path}: schema {version} is newer than this edge-agent supports ({SCHEMA_VERSION})",
+            "upgrade edge-agent to the version that wrote it, or point storage.path elsewhere",
+        )
     return Check("database", "pass", f"{path}: integrity ok ({tables[0]} tables)")
 
 

@@ -220,6 +220,11 @@ class Store:
         """
         if self._thread is not None:
             return
+        if self.path.is_dir():  # SQLite says only "unable to open database file"
+            raise StoreError(
+                f"{self.path}: a directory, not a database file; point storage.path at a file "
+                f"in it (e.g. {self.path / 'edge-agent.db'})"
+            )
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
