@@ -244,3 +244,27 @@ def test_the_store_names_a_database_path_that_is_a_directory(tmp_path: Path) -> 
     with pytest.raises(StoreError, match=r"a directory, not a database file; point storage\.path"):
         store.open(timeout=5.0)
     store.close()
+
+
+# -- files named on the command line -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("cert", ["missing.pem", "not-a-pem.txt"])
+def test_ui_names_a_certificate_that_cannot_be_loaded(tmp_path: Path, cert: str) -> None:
+    cert_file, key_file = tmp_path / cert, tmp_path / "key.pem"
+    if cert == "not-a-pem.txt":
+        cert_file.write_text("hello\n")
+        key_file.write_text("hello\n")
+    code, output = _run(
+        "ui", "--cert", str(cert_file), "--key", str(key_file), "-c", "/dev/null", "--port", "0"
+    )
+    assert code == 2
+    assert f"cannot load the TLS certificate {cert_file} with key {key_file}" in output
+
+
+def test_bench_refuses_a_profile_directory_that_is_a_file_before_running(tmp_path: Path) -> None:
+    taken = tmp_path / "profile"
+    taken.write_text("")
+    code, output = _run("bench", "--quick", "--profile", str(taken))
+    assert code == 2
+    assert f"--profile {taken}: a file, not a directory" in output

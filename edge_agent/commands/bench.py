@@ -33,9 +33,16 @@ def bench(
     """
     from edge_agent.bench.run import format_table, run_bench
 
-    try:
-        if profile is not None:
+    if profile is not None:
+        try:
             profile.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file of that name, or no permission: before a minute's run
+            why = "a file, not a directory" if isinstance(err, FileExistsError) else err.strerror
+            typer.echo(
+                f"error: --profile {profile}: {why}; name a new or existing directory", err=True
+            )
+            raise typer.Exit(2) from err
+    try:
         result = run_bench(
             quick=quick, progress=None if as_json else sys.stderr, profile_dir=profile
         )

@@ -129,7 +129,11 @@ def check_bind(options: UiOptions) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(options.cert, options.key)
     except (OSError, ssl.SSLError) as err:
-        raise UiConfigError(f"cannot load the TLS certificate or key: {err}") from err
+        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise UiConfigError(
+            f"cannot load the TLS certificate {options.cert} with key {options.key} ({why}): "
+            "--cert and --key must be PEM files, the certificate and its own unencrypted key"
+        ) from err
     return context
 
 
