@@ -208,6 +208,27 @@ def test_an_ota_ca_file_that_cannot_be_loaded_refuses_the_download(tmp_path: Pat
     assert f"ota.ca_file {ca_file} cannot be loaded" in output
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["models", "activate", "m@1.0.0"],
+        ["models", "remove", "m@1.0.0"],
+        ["models", "rollback", "m"],
+    ],
+)
+def test_an_ota_install_dir_that_is_a_file_is_named(tmp_path: Path, command: list[str]) -> None:
+    taken = tmp_path / "ota"
+    taken.write_text("")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[storage]\npath = "{tmp_path / "agent.db"}"\n[ota]\ninstall_dir = "{taken}"\n'
+    )
+    code, output = _run(*command, "-c", str(config), "--socket", str(tmp_path / "none.sock"))
+    assert code == 1
+    assert f"install directory {taken}: cannot create {taken} (a file is in the way)" in output
+    assert "ota.install_dir" in output
+
+
 # -- the database --------------------------------------------------------------------------------
 
 

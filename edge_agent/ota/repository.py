@@ -26,6 +26,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
+from errno import EEXIST, ENOTDIR
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,11 +103,19 @@ class ModelRepository:
             Probations that a restart interrupted (now reverted).
 
         Raises:
-            OtaStateError: another process holds the install directory, or state.json is
-                unreadable.
+            OtaStateError: the install directory cannot be created, another process holds
+                it, or state.json is unreadable.
         """
         for d in (self.root, self.downloads, self._staging, self._trash):
-            d.mkdir(parents=True, exist_ok=True)
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as err:  # a file in the way, or not writable
+                why = "a file is in the way" if err.errno in (EEXIST, ENOTDIR) else err.strerror
+                raise OtaStateError(
+                    f"install directory {self.root}: cannot create {d} ({why}); "
+                    "set ota.install_dir to a directory edge-agent may write "
+                    "(default: ota/ beside storage.path)"
+                ) from err
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
