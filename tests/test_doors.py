@@ -289,3 +289,27 @@ def test_bench_refuses_a_profile_directory_that_is_a_file_before_running(tmp_pat
     code, output = _run("bench", "--quick", "--profile", str(taken))
     assert code == 2
     assert f"--profile {taken}: a file, not a directory" in output
+
+
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_replay_names_a_capture_that_cannot_be_read(tmp_path: Path, what: str) -> None:
+    capture = tmp_path / "imu.capture"
+    if what == "directory":
+        capture.mkdir()
+    code, output = _run("replay", "--once", str(capture))
+    assert code == 2
+    assert f"{capture}: cannot be read" in output
+    assert "edge-agent record" in output
+
+
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_models_sign_names_a_signing_key_that_cannot_be_read(tmp_path: Path, what: str) -> None:
+    key = tmp_path / "publisher.pem"
+    if what == "directory":
+        key.mkdir()
+    archive = tmp_path / "m.bundle.tar.gz"
+    archive.write_bytes(b"not yet looked at")
+    code, output = _run("models", "sign", str(archive), "--key", str(key))
+    assert code == 2
+    assert f"signing key {key}: cannot be read" in output
+    assert "models keygen" in output

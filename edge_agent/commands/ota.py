@@ -50,7 +50,13 @@ def _private_key(path: Path) -> Any:
 
     try:
         return load_private_key(path)
-    except (OSError, ValueError) as err:
+    except OSError as err:  # missing, a directory, unreadable
+        raise _fail(
+            f"signing key {path}: cannot be read ({err.strerror}); make one with "
+            "`edge-agent models keygen`",
+            EXIT_CONFIG,
+        ) from err
+    except ValueError as err:
         raise _fail(str(err)) from err
 
 

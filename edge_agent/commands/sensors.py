@@ -601,6 +601,17 @@ def replay(
 
     try:
         recorded = Capture(capture)
+    except OSError as err:  # missing, a directory, unreadable
+        typer.echo(
+            f"error: {capture}: cannot be read ({err.strerror}); name a capture file made by "
+            "`edge-agent record`",
+            err=True,
+        )
+        raise typer.Exit(EXIT_USAGE) from err
+    except (CaptureError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_USAGE) from err
+    try:
         emulator = DeviceEmulator(
             recorded, device_id="replay", speed=speed, loop=not once, link_path=link_path
         )
