@@ -313,3 +313,21 @@ def test_models_sign_names_a_signing_key_that_cannot_be_read(tmp_path: Path, wha
     assert code == 2
     assert f"signing key {key}: cannot be read" in output
     assert "models keygen" in output
+
+
+@pytest.mark.parametrize(
+    ("where", "says"), [("dir", "is a directory"), ("under-file", "a file is in the way")]
+)
+def test_init_names_a_path_it_cannot_write(tmp_path: Path, where: str, says: str) -> None:
+    if where == "dir":
+        target = tmp_path / "etc"
+        target.mkdir()
+    else:
+        (tmp_path / "etc").write_text("")
+        target = tmp_path / "etc" / "edge-agent.toml"
+    code, output = _run(
+        "init", "--path", str(target), "--state-dir", str(tmp_path / "state"), "--force"
+    )
+    assert code == 2
+    assert f"--path {target}" in output
+    assert says in output

@@ -75,6 +75,12 @@ def init(
     from edge_agent.durable import write_atomically
     from edge_agent.errors import ConfigError
 
+    if path.is_dir():
+        typer.echo(
+            f"error: --path {path} is a directory; name the file, e.g. {path / 'edge-agent.toml'}",
+            err=True,
+        )
+        raise typer.Exit(EXIT_CONFIG)
     if path.exists() and not force:
         typer.echo(f"error: {path} exists; use --force to replace it", err=True)
         raise typer.Exit(1)
@@ -124,8 +130,14 @@ def init(
             '# works; replace them with `link = "serial"` or `link = "ble"` sensors.\n'
         )
     text = header + "\n" + render_config(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, text, mode=0o640)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, text, mode=0o640)
+    except OSError as err:  # a file where a directory should be, read-only, no permission
+        in_the_way = isinstance(err, (FileExistsError, NotADirectoryError))
+        why = "a file is in the way of its directory" if in_the_way else err.strerror
+        typer.echo(f"error: --path {path}: cannot write it ({why}); name another file", err=True)
+        raise typer.Exit(EXIT_CONFIG) from err
     load_config(path, environ={})  # what was written reads back as valid
     typer.echo(f"wrote {path} ({len(config.sensors)} sensor(s), topics under {config.topic_root}/)")
     from edge_agent.brokers import broker_quirks
