@@ -331,3 +331,19 @@ def test_init_names_a_path_it_cannot_write(tmp_path: Path, where: str, says: str
     assert code == 2
     assert f"--path {target}" in output
     assert says in output
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        ("missing.bundle.tar.gz", "no such archive file"),
+        ("nope@1.0.0", "is neither an archive file nor installed in"),
+    ],
+)
+def test_models_verify_names_what_it_cannot_find(tmp_path: Path, target: str, says: str) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[storage]\npath = "{tmp_path / "agent.db"}"\n')
+    code, output = _run("models", "verify", target, "-c", str(config))
+    assert code == 2
+    assert f"{target}" in output
+    assert says in output

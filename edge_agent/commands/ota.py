@@ -182,8 +182,17 @@ def verify(
         else:
             from edge_agent.ota.repository import ModelRepository
 
+            if "@" not in target:
+                raise _fail(
+                    f"{target}: no such archive file (or give NAME@VERSION of an installed version)"
+                )
             name, version = _split_ref(target, version=True)
             path = ModelRepository(install_root(cfg)).version_dir(name, version)
+            if not path.is_dir():
+                raise _fail(
+                    f"{target} is neither an archive file nor installed in {install_root(cfg)}; "
+                    "`edge-agent models list` shows what is installed"
+                )
             ref, signer = verify_installed(path, keys)
     except (UpdateRejectedError, BundleError, OtaStateError, OSError) as err:
         raise _fail(str(err)) from err
