@@ -347,3 +347,24 @@ def test_models_verify_names_what_it_cannot_find(tmp_path: Path, target: str, sa
     assert code == 2
     assert f"{target}" in output
     assert says in output
+
+
+@pytest.mark.parametrize(
+    ("content", "says"), [(b"\xce\xff" * 20, "holds no password hash"), (None, "Is a directory")]
+)
+def test_ui_names_a_password_file_that_is_not_one(
+    tmp_path: Path, content: bytes | None, says: str
+) -> None:
+    password_file = tmp_path / "ui-password"
+    if content is None:
+        password_file.mkdir()
+    else:
+        password_file.write_bytes(content)
+    code, output = _run(
+        "ui", "--password-file", str(password_file), "-c", "/dev/null",
+        "--host", "0.0.0.0", "--insecure-lan", "--port", "0",
+    )  # fmt: skip
+    assert code == 2
+    assert str(password_file) in output
+    assert says in output
+    assert "codec" not in output

@@ -86,8 +86,12 @@ def read_password_file(path: Path) -> str | None:
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as err:
-        raise PasswordError(f"cannot read the password file {path}: {err}") from err
+    except OSError as err:
+        raise PasswordError(f"cannot read the password file {path}: {err.strerror}") from err
+    except UnicodeDecodeError as err:  # a hash is ASCII: this is some other file
+        raise PasswordError(
+            f"{path} holds no password hash (not text); set one with `edge-agent ui passwd`"
+        ) from err
     if not text.startswith("scrypt$") or text.count("$") != 5:
         raise PasswordError(f"{path} holds no password hash; set one with `edge-agent ui passwd`")
     return text
