@@ -17,10 +17,16 @@ Every PUBLISH is QoS 1 and its PUBACK is awaited, as the daemon's outbox does. T
 are written by the small encoder below (CONNECT, PUBLISH, SUBSCRIBE, PINGREQ): a full
 client per connection would make this process, not the broker, the bottleneck.
 
+With `--tls` every connection is TLS, verifying the broker against `--cafile` (and with
+`--certfile`/`--keyfile`, presenting a client certificate), as a gateway with `mqtt.tls`.
+
 On SIGTERM, SIGINT or after `--duration` it prints JSON: connections up, messages sent and
-acknowledged per kind, connect failures.
+acknowledged per kind, connect failures, the connect ramp (from the first connection
+attempt to the last CONNACK: seconds, connects/s, per-connection connect latency) and, with
+`--tls`, the TLS version and cipher of one connection.
 
     python scripts/fleet_imitate.py --port 1883 --gateways 10000 --duration 120
+    python scripts/fleet_imitate.py --port 8883 --gateways 10000 --tls --cafile ca.crt
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import json
 import random
 import resource
 import signal
+import ssl
 import struct
 import sys
 import time
@@ -107,6 +114,10 @@ class Totals:
     lost: int = 0
     sent: dict[str, int] = field(default_factory=dict)
     acked: int = 0
+    first_attempt: float | None = None  # time.time() of the first connection attempt
+    last_up: float | None = None  # time.time() of the last CONNACK
+    connect_s: list[float] = field(default_factory=list)  # attempt to CONNACK, each gateway
+    tls: dict[str, Any] | None = None  # version and cipher of the first TLS connection
 
 
 def body(kind: str, device: str, seq: int, size: int, **extra: Any) -> bytes:
@@ -134,11 +145,21 @@ async def gateway(index: int, args: argparse.Namespace, totals: Totals) -> None:
         seqs[kind] = seqs.get(kind, 0) + 1
         return seqs[kind]
 
+    attempt = time.time()
+    if totals.first_attempt is None:
+        totals.first_attempt = attempt
     try:
-        reader, writer = await asyncio.open_connection(args.host, args.port)
-    except OSError:
+        if args.context is None:
+            reader, writer = await asyncio.open_connection(args.host, args.port)
+        else:
+            reader, writer = await asyncio.open_connection(args.host, args.port, ssl=args.context)
+    except (OSError, TimeoutError):
         totals.connect_failures += 1
         return
+    if args.context is not None and totals.tls is None:
+        tls = writer.get_extra_info("ssl_object")
+        if tls is not None:
+            totals.tls = {"version": tls.version(), "cipher": tls.cipher()}
     status_seq = next_seq("status")
     will = body("status", device, status_seq, 150, state="offline")
     writer.write(connect_packet(f"edge-agent-fleet-{device}", KEEPALIVE_S, f"{root}/status", will))
@@ -153,6 +174,8 @@ async def gateway(index: int, args: argparse.Namespace, totals: Totals) -> None:
         writer.close()
         return
     totals.up += 1
+    totals.last_up = time.time()
+    totals.connect_s.append(totals.last_up - attempt)
     last_write = time.monotonic()
 
     def publish(kind: str, payload: bytes, retain: bool = False) -> None:
@@ -225,6 +248,41 @@ async def fleet(args: argparse.Namespace) -> Totals:
     return totals
 
 
+def ramp(args: argparse.Namespace, totals: Totals) -> dict[str, Any]:
+    """How long the fleet took to connect: first attempt to last CONNACK."""
+    if totals.first_attempt is None or totals.last_up is None:
+        return {"offered_connects_per_s": args.connect_rate, "all_up_s": None}
+    seconds = totals.last_up - totals.first_attempt
+    ms = sorted(s * 1000.0 for s in totals.connect_s)
+
+    def q(p: float) -> float:
+        return round(ms[min(len(ms) - 1, round(p / 100 * (len(ms) - 1)))], 1)
+
+    return {
+        "offered_connects_per_s": args.connect_rate,
+        "started_at": round(totals.first_attempt, 3),
+        "all_up_at": round(totals.last_up, 3),
+        "all_up_s": round(seconds, 2),
+        "connects_per_s": round(totals.up / seconds, 1) if seconds > 0 else None,
+        "connect_ms": {"p50": q(50), "p90": q(90), "p99": q(99), "max": q(100)},
+    }
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """A client context as the daemon's: verify the broker, TLS 1.2 or later."""
+    if not args.tls:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if args.cafile:
+        context.load_verify_locations(cafile=args.cafile)
+    else:
+        context.load_default_certs()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if args.certfile and args.keyfile:
+        context.load_cert_chain(args.certfile, args.keyfile)
+    return context
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
@@ -240,9 +298,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summaries", type=int, default=2, help="summaries per interval (sensors)")
     p.add_argument("--hb-bytes", type=int, default=1100, help="heartbeat size")
     p.add_argument("--summary-bytes", type=int, default=600, help="summary size")
+    p.add_argument("--tls", action="store_true", help="connect with TLS, verifying the broker")
+    p.add_argument("--cafile", help="CA that signed the broker's certificate (PEM)")
+    p.add_argument("--certfile", help="client certificate for mutual TLS (PEM)")
+    p.add_argument("--keyfile", help="client private key for mutual TLS (PEM)")
     args = p.parse_args(argv)
     if not 1 <= args.gateways <= MAX_GATEWAYS or args.connect_rate <= 0:
         p.error(f"--gateways must be 1..{MAX_GATEWAYS}, --connect-rate > 0")
+    if bool(args.certfile) != bool(args.keyfile):
+        p.error("--certfile and --keyfile go together")
+    args.context = tls_context(args)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, args.gateways + 256)
     if soft < want:
@@ -257,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                 "lost": totals.lost,
                 "sent": totals.sent,
                 "acked": totals.acked,
+                "ramp": ramp(args, totals),
+                "tls": totals.tls,
             }
         ),
         flush=True,
