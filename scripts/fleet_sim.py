@@ -24,17 +24,25 @@ Phases:
 
 Bounded: at most 200 agents, 600 s of measurement, 600 s of outage; loopback only.
 
+With `--tls` the broker's only listener is TLS, with a private CA and server certificate
+made in the work directory at run time; the agents (`mqtt.tls`, `mqtt.ca_file`), the probe
+and the imitated gateways verify it. `--mutual-tls` also makes client certificates and has
+the broker require them (`require_certificate true`).
+
 The agents run the product's default cadence and mode (heartbeat 30 s, summaries 60 s,
 window results kept on the gateway) unless flags say otherwise.
 
     python scripts/fleet_sim.py --agents 10
     python scripts/fleet_sim.py --agents 10 --imitate 10000       # the broker's cost per gateway
     python scripts/fleet_sim.py --agents 50 --upload-results --results-interval 1 --outage 20
+    python scripts/fleet_sim.py --agents 4 --imitate 10000 --tls   # the same over TLS
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import ipaddress
 import json
 import os
 import shutil
@@ -52,6 +60,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -68,6 +80,82 @@ PREFIX = "edge/fleet/sim"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+# -- a private CA (--tls) -----------------------------------------------------------------------
+
+
+@dataclass
+class Pki:
+    """PEM files of a CA made at run time, the broker's certificate and a client's."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+def _certificate(
+    subject: str, key: Any, issuer_key: Any, issuer: str, *, ca: bool = False, san: bool = False
+) -> x509.Certificate:
+    """A certificate for `subject` signed by `issuer_key`; `san` names localhost and 127.0.0.1."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if san:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write_pem(stem: Path, key: Any, cert: x509.Certificate) -> tuple[Path, Path]:
+    """`stem`.crt and `stem`.key (PKCS#8, unencrypted, owner-only)."""
+    key_path, cert_path = stem.with_suffix(".key"), stem.with_suffix(".crt")
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def make_pki(work: Path, *, client: bool) -> Pki:
+    """A CA, a server certificate for 127.0.0.1 and, with `client`, a client certificate.
+
+    ECDSA P-256 keys, SHA-256 signatures: what a small private fleet CA would issue.
+    """
+    d = work / "pki"
+    d.mkdir(exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = _certificate("fleet-ca", ca_key, ca_key, "fleet-ca", ca=True)
+    ca, _ = _write_pem(d / "ca", ca_key, ca_cert)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = _certificate("localhost", server_key, ca_key, "fleet-ca", san=True)
+    server_cert_path, server_key_path = _write_pem(d / "server", server_key, server_cert)
+    pki = Pki(ca, server_cert_path, server_key_path)
+    if client:
+        client_key = ec.generate_private_key(ec.SECP256R1())
+        pki.client_cert, pki.client_key = _write_pem(
+            d / "client", client_key, _certificate("fleet-gateway", client_key, ca_key, "fleet-ca")
+        )
+    return pki
+
+
 # -- the broker ---------------------------------------------------------------------------------
 
 
@@ -78,6 +166,7 @@ class Broker:
     workdir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    pki: Pki | None = None  # set: the listener is TLS only
 
     def start(self) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -88,12 +177,21 @@ class Broker:
             f"persistence true\npersistence_location {self.workdir}/\n"
             # The probe's queue must hold a whole outage's backlog.
             "max_queued_messages 10000000\n"
-            f"listener {self.port} 127.0.0.1\n"
+            f"listener {self.port} 127.0.0.1\n" + self._tls_lines()
         )
         log = (self.workdir / "mosquitto.log").open("ab")
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
         log.close()
         wait_for(self._accepting, 10, f"mosquitto on port {self.port}")
+
+    def _tls_lines(self) -> str:
+        if self.pki is None:
+            return ""
+        return (
+            f"cafile {self.pki.ca}\ncertfile {self.pki.server_cert}\n"
+            f"keyfile {self.pki.server_key}\n"
+            f"require_certificate {'true' if self.pki.client_cert else 'false'}\n"
+        )
 
     def _accepting(self) -> bool:
         assert self.proc is not None
@@ -134,8 +232,9 @@ class Arrival:
 class Probe:
     """Subscribes to the fleet with a persistent MQTT 5 session and timestamps arrivals."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, pki: Pki | None = None) -> None:
         self.arrivals: list[Arrival] = []
+        self.tls: dict[str, Any] | None = None  # version and cipher of the probe's connection
         self.undecodable = 0
         self.subscribed = threading.Event()
         self.client = mqtt.Client(
@@ -143,16 +242,28 @@ class Probe:
             client_id="fleet-probe",
             protocol=MQTTProtocolVersion.MQTTv5,
         )
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{PREFIX}/+/+", qos=1)
+        self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 2)
+        if pki is not None:
+            self.client.tls_set(
+                ca_certs=str(pki.ca),
+                certfile=str(pki.client_cert) if pki.client_cert else None,
+                keyfile=str(pki.client_key) if pki.client_key else None,
+            )
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600
         self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
         self.client.loop_start()
         if not self.subscribed.wait(10):
             raise RuntimeError("the probe did not subscribe")
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        sock = client.socket()
+        if self.tls is None and hasattr(sock, "cipher"):
+            self.tls = {"version": sock.version(), "cipher": sock.cipher()}
+        client.subscribe(f"{PREFIX}/+/+", qos=1)
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         at = time.time()
@@ -218,12 +329,24 @@ def cadence(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def agent_config(work: Path, i: int, port: int, args: argparse.Namespace) -> Path:
+def _tls_config(pki: Pki | None) -> str:
+    """The agent's `[mqtt]` TLS lines: verify the broker with the run's CA."""
+    if pki is None:
+        return ""
+    lines = f'\ntls = true\nca_file = "{pki.ca}"'
+    if pki.client_cert and pki.client_key:
+        lines += f'\ncert_file = "{pki.client_cert}"\nkey_file = "{pki.client_key}"'
+    return lines
+
+
+def agent_config(
+    work: Path, i: int, port: int, args: argparse.Namespace, pki: Pki | None = None
+) -> Path:
     name = f"agent-{i:03d}"
     db = work / f"{name}.db"
     lines = [
         f'[device]\nid = "{name}"\ntenant = "fleet"\nsite = "sim"',
-        f"[mqtt]\nport = {port}" + _line("reconnect_max_s", args.reconnect_max),
+        f"[mqtt]\nport = {port}" + _line("reconnect_max_s", args.reconnect_max) + _tls_config(pki),
         "[sync]"
         + _line("heartbeat_interval_s", args.heartbeat_interval)
         + _line("summary_interval_s", args.summary_interval)
@@ -273,6 +396,37 @@ def rss_mb(pid: int) -> float:
     except (OSError, IndexError, ValueError):
         return 0.0
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+class CpuSampler:
+    """A process's CPU seconds sampled every `interval` s in a thread, to read them afterwards
+    at moments reported later (e.g. the imitated fleet's connect ramp)."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), cpu_seconds(self.pid)))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, when: float) -> float:
+        """CPU seconds at `when`, interpolated between the samples either side."""
+        before = [s for s in self.samples if s[0] <= when]
+        after = [s for s in self.samples if s[0] >= when]
+        if not before or not after:
+            return (before or after)[-1 if before else 0][1]
+        (t0, c0), (t1, c1) = before[-1], after[0]
+        return c0 if t1 == t0 else c0 + (c1 - c0) * (when - t0) / (t1 - t0)
 
 
 def topic_seqs(db: Path) -> dict[str, int]:
@@ -376,12 +530,32 @@ def main(argv: list[str] | None = None) -> int:
         "real agents' message sizes and cadence: the broker's cost per gateway",
     )
     p.add_argument("--imitate-duration", type=float, default=120, help="their window, s (120)")
+    p.add_argument(
+        "--imitate-connect-rate",
+        type=float,
+        default=500,
+        help="new imitated connections offered per s (500)",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="a private CA made in the work dir; the broker listens with TLS only and the "
+        "agents, the probe and the imitated gateways verify it",
+    )
+    p.add_argument(
+        "--mutual-tls",
+        action="store_true",
+        help="--tls, and the broker requires a client certificate (one for every client)",
+    )
     p.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     args = p.parse_args(argv)
     if not 1 <= args.agents <= MAX_AGENTS:
         p.error(f"--agents must be 1..{MAX_AGENTS}")
     if not 0 <= args.imitate <= 50_000 or not 10 <= args.imitate_duration <= 3600:
         p.error("--imitate must be 0..50000, --imitate-duration 10..3600 s")
+    if args.imitate_connect_rate <= 0:
+        p.error("--imitate-connect-rate must be > 0")
+    args.tls = args.tls or args.mutual_tls
     if args.duration is None:
         effective = cadence(args)
         args.duration = 2 * max(effective["heartbeat_interval_s"], effective["summary_interval_s"])
@@ -395,11 +569,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-    broker = Broker(work)
+    pki = make_pki(work, client=args.mutual_tls) if args.tls else None
+    broker = Broker(work, pki=pki)
     broker.start()
-    probe = Probe(broker.port)
+    probe = Probe(broker.port, pki)
     agents: list[subprocess.Popen[bytes]] = []
-    configs = [agent_config(work, i, broker.port, args) for i in range(args.agents)]
+    configs = [agent_config(work, i, broker.port, args, pki) for i in range(args.agents)]
     out: dict[str, Any] = {
         "agents": args.agents,
         "sensors_per_agent": args.sensors,
@@ -409,6 +584,12 @@ def run(args: argparse.Namespace, work: Path) -> int:
         "cadence": cadence(args),
         "cpu_cores": os.cpu_count(),
     }
+    if pki is not None:
+        out["tls"] = {
+            "listener": "TLS only, server certificate ECDSA P-256 from a private CA",
+            "client_certificates": pki.client_cert is not None,
+            "probe_connection": probe.tls,
+        }
     try:
         spread = args.start_spread if args.start_spread is not None else 0.25 * args.agents
         t_start = time.time()
@@ -445,7 +626,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
             out["outage"] = outage(args, broker, probe, work, configs)
         if args.imitate > 0:
             stop_agents(agents)
-            out["imitated"] = imitate(args, broker, probe, steady)
+            out["imitated"] = imitate(args, broker, probe, steady, pki)
     finally:
         codes = stop_agents(agents)
         time.sleep(1.0)  # the last offline statuses and final summaries
@@ -475,7 +656,11 @@ def stop_agents(agents: list[subprocess.Popen[bytes]]) -> list[int]:
 
 
 def imitate(
-    args: argparse.Namespace, broker: Broker, probe: Probe, steady: dict[str, Any]
+    args: argparse.Namespace,
+    broker: Broker,
+    probe: Probe,
+    steady: dict[str, Any],
+    pki: Pki | None = None,
 ) -> dict[str, Any]:
     """N imitated gateways with the real agents' sizes and cadence: the broker's cost."""
     assert broker.proc is not None
@@ -497,7 +682,13 @@ def imitate(
         f"--summaries={summaries}",
         f"--hb-bytes={sizes.get('heartbeat', 1100)}",
         f"--summary-bytes={sizes.get('summary', 600)}",
+        f"--connect-rate={args.imitate_connect_rate}",
     ]
+    if pki is not None:
+        argv += ["--tls", f"--cafile={pki.ca}"]
+        if pki.client_cert and pki.client_key:
+            argv += [f"--certfile={pki.client_cert}", f"--keyfile={pki.client_key}"]
+    sampler = CpuSampler(broker.proc.pid)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     ramp = json.loads(proc.stdout.readline())
@@ -505,17 +696,26 @@ def imitate(
     settle = min(10.0, args.imitate_duration / 4)
     time.sleep(settle)
     bcpu0 = cpu_seconds(broker.proc.pid)
+    icpu0 = cpu_seconds(proc.pid)
     t0 = time.time()
     time.sleep(max(1.0, args.imitate_duration - settle - 5))
     t1 = time.time()
     bcpu = cpu_seconds(broker.proc.pid) - bcpu0
+    icpu = cpu_seconds(proc.pid) - icpu0
     rss = rss_mb(broker.proc.pid)
     imitated = [a for a in list(probe.arrivals) if a.device.startswith("imit-")]
     steady_window = window(imitated, t0, t1, t1 - t0)
     proc.send_signal(signal.SIGTERM)
     final = json.loads(proc.stdout.read().strip().splitlines()[-1])
     proc.wait(30)
+    sampler.stop()
     cpu_pct = bcpu / (t1 - t0) * 100
+    connect = final.get("ramp", {})
+    if connect.get("all_up_s"):
+        spent = sampler.at(connect["all_up_at"]) - sampler.at(connect["started_at"])
+        connect["broker_cpu_s"] = round(spent, 2)
+        connect["broker_cpu_pct_of_core"] = round(spent / connect["all_up_s"] * 100, 1)
+        connect["broker_cpu_ms_per_connect"] = round(spent / max(1, final["up"]) * 1000, 3)
     return {
         "method": "scripts/fleet_imitate.py: one asyncio process, one MQTT 3.1.1 connection per "
         "gateway with the real agents' will, birth, subscriptions, cadence and message sizes; "
@@ -531,6 +731,9 @@ def imitate(
         "broker_cpu_pct_of_core": round(cpu_pct, 2),
         "broker_rss_mb": round(rss, 1),
         "broker_cpu_pct_per_1000_gateways": round(cpu_pct / args.imitate * 1000, 3),
+        "imitator_cpu_pct_of_core": round(icpu / (t1 - t0) * 100, 1),
+        "connect_ramp": connect,
+        "tls": final.get("tls"),
         "imitator": final,
     }
 
