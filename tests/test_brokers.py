@@ -34,7 +34,7 @@ from edge_agent.store.db import Store
 from tests.broker import wait_for
 from tests.daemon_proc import start_daemon, stop_daemon, write_config
 from tests.nats import Nats
-from tests.test_protocol import _session
+from tests.protocol_support import session
 
 
 def _config(
@@ -372,7 +372,7 @@ def test_nats_closing_on_a_dotted_id_is_explained_in_the_log(
     store.open()
     caplog.set_level(logging.WARNING, logger="edge_agent.sync.mqtt")
     try:
-        uplink, events = _session(
+        uplink, events = session(
             config,
             store,
             lambda u: u.stats.connect_failures >= 3 and u.stats.last_error,
