@@ -41,8 +41,6 @@ window results kept on the gateway) unless flags say otherwise.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import ipaddress
 import json
 import os
 import shutil
@@ -60,20 +58,17 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the broker helpers live with the tests
+sys.path.insert(0, str(ROOT))  # the broker and certificate helpers live with the tests
 
 from edge_agent.config import MqttConfig, SyncConfig  # noqa: E402
 from edge_agent.contract.payloads import decode_payload  # noqa: E402
 from tests.broker import free_port, wait_for  # noqa: E402
+from tests.pki import make_cert, new_key, write_pem  # noqa: E402
 
 MAX_AGENTS = 200
 PREFIX = "edge/fleet/sim"
@@ -94,46 +89,6 @@ class Pki:
     client_key: Path | None = None
 
 
-def _certificate(
-    subject: str, key: Any, issuer_key: Any, issuer: str, *, ca: bool = False, san: bool = False
-) -> x509.Certificate:
-    """A certificate for `subject` signed by `issuer_key`; `san` names localhost and 127.0.0.1."""
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if san:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _write_pem(stem: Path, key: Any, cert: x509.Certificate) -> tuple[Path, Path]:
-    """`stem`.crt and `stem`.key (PKCS#8, unencrypted, owner-only)."""
-    key_path, cert_path = stem.with_suffix(".key"), stem.with_suffix(".crt")
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
-
-
 def make_pki(work: Path, *, client: bool) -> Pki:
     """A CA, a server certificate for 127.0.0.1 and, with `client`, a client certificate.
 
@@ -141,18 +96,17 @@ def make_pki(work: Path, *, client: bool) -> Pki:
     """
     d = work / "pki"
     d.mkdir(exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = _certificate("fleet-ca", ca_key, ca_key, "fleet-ca", ca=True)
-    ca, _ = _write_pem(d / "ca", ca_key, ca_cert)
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = _certificate("localhost", server_key, ca_key, "fleet-ca", san=True)
-    server_cert_path, server_key_path = _write_pem(d / "server", server_key, server_cert)
-    pki = Pki(ca, server_cert_path, server_key_path)
+    ca_key, server_key = new_key(), new_key()
+    write_pem(d / "ca", ca_key, make_cert("fleet-ca", ca_key, ca_key, "fleet-ca", ca=True))
+    write_pem(
+        d / "server", server_key, make_cert("localhost", server_key, ca_key, "fleet-ca", san=True)
+    )
+    pki = Pki(d / "ca.crt", d / "server.crt", d / "server.key")
     if client:
-        client_key = ec.generate_private_key(ec.SECP256R1())
-        pki.client_cert, pki.client_key = _write_pem(
-            d / "client", client_key, _certificate("fleet-gateway", client_key, ca_key, "fleet-ca")
-        )
+        client_key = new_key()
+        cert = make_cert("fleet-gateway", client_key, ca_key, "fleet-ca")
+        write_pem(d / "client", client_key, cert)
+        pki.client_cert, pki.client_key = d / "client.crt", d / "client.key"
     return pki
 
 

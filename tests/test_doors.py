@@ -88,17 +88,22 @@ def _serve_once(path: Path, reply: bytes) -> threading.Thread:
     return thread
 
 
+def _ask(path: Path, reply: bytes, command: list[str]) -> tuple[int, str]:
+    """Run `command` against a socket at `path` that answers `reply` once."""
+    thread = _serve_once(path, reply)
+    try:
+        return _run(*command, "--socket", str(path), "-c", "/dev/null")
+    finally:
+        thread.join(5.0)
+
+
 @pytest.mark.parametrize("reply", [b"HTTP/1.0 400 Bad Request\r\n\r\n", b"\xff\xfe\x00\n"])
 @pytest.mark.parametrize("command", [["status"], ["reload"], ["tail", "-n", "1"]])
 def test_something_else_on_the_socket_is_named(
     tmp_path: Path, reply: bytes, command: list[str]
 ) -> None:
     path = tmp_path / "other.sock"
-    thread = _serve_once(path, reply)
-    try:
-        code, output = _run(*command, "--socket", str(path), "-c", "/dev/null")
-    finally:
-        thread.join(5.0)
+    code, output = _ask(path, reply, command)
     assert code == 1
     assert f"{path} answered with something that is not edge-agent's control protocol" in output
 
@@ -117,11 +122,7 @@ def test_a_reply_of_another_shape_says_the_daemon_may_be_another_version(
     tmp_path: Path, command: list[str], reply: bytes
 ) -> None:
     path = tmp_path / "old.sock"
-    thread = _serve_once(path, reply)
-    try:
-        code, output = _run(*command, "--socket", str(path), "-c", "/dev/null")
-    finally:
-        thread.join(5.0)
+    code, output = _ask(path, reply, command)
     assert code == 1
     assert f"from {path} is not what edge-agent" in output
     assert "restart it" in output
