@@ -13,7 +13,6 @@ import fnmatch
 import json
 import os
 import socket
-import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -72,13 +71,6 @@ __all__ = [
     "parse_config",
     "render_config",
 ]
-
-
-def _why(err: Exception) -> str:
-    """An OS or TLS error in a few words (`strerror` without the errno and path noise)."""
-    if isinstance(err, OSError) and err.strerror and not isinstance(err, ssl.SSLError):
-        return err.strerror
-    return str(err) or type(err).__name__
 
 
 def _default_device_id() -> str:
@@ -285,47 +277,6 @@ class MqttConfig(Section):
                     [ConfigIssue("mqtt.password_file", f"unreadable: {err}")],
                 ) from err
         return self.password.get_secret_value() if self.password else None
-
-    def load_tls(self, context: ssl.SSLContext) -> None:
-        """Load the CA (`ca_file`, else the system's) and the client certificate into
-        `context`, as the daemon and `doctor` connect.
-
-        Raises:
-            ConfigError: a file is missing, unreadable or not what its key says, naming the
-                key, the file and what to do.
-        """
-        try:
-            if self.ca_file is not None:
-                context.load_verify_locations(cafile=str(self.ca_file))
-            else:
-                context.load_default_certs()
-        except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
-            raise ConfigError(
-                "the mqtt section",
-                [
-                    ConfigIssue(
-                        "mqtt.ca_file",
-                        f"{self.ca_file} cannot be loaded ({_why(err)}): point it at the PEM "
-                        "file of the CA that signed the broker's certificate",
-                    )
-                ],
-            ) from err
-        if self.cert_file is None or self.key_file is None:
-            return
-        try:
-            context.load_cert_chain(str(self.cert_file), str(self.key_file))
-        except (OSError, ValueError) as err:
-            raise ConfigError(
-                "the mqtt section",
-                [
-                    ConfigIssue(
-                        "mqtt.cert_file",
-                        f"{self.cert_file} with mqtt.key_file {self.key_file} cannot be "
-                        f"loaded ({_why(err)}): both must be PEM, the certificate and its own "
-                        "unencrypted private key",
-                    )
-                ],
-            ) from err
 
 
 class SyncConfig(Section):

@@ -15,6 +15,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.service.doctor import check_broker, check_transport
 from edge_agent.store.db import Store, enqueue
 from edge_agent.sync.mqtt import MqttUplink
+from edge_agent.sync.tls import load_tls
 from tests.broker import Mosquitto, collector, free_port, wait_for
 from tests.pki import make_cert, new_key, write_pem
 
@@ -164,7 +165,7 @@ def test_tls_files_that_cannot_be_loaded_are_named_not_raised(pki: Path, tmp_pat
                 environ={},
             )
             with pytest.raises(ConfigError) as err:
-                config.mqtt.load_tls(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+                load_tls(config.mqtt, ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
             assert [i.path for i in err.value.issues] == [key]
             assert why in str(err.value)
             store = Store(tmp_path / "s.db", device_id="gw", topic_root=config.topic_root)

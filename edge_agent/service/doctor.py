@@ -30,6 +30,7 @@ from typing import Any, Literal
 from edge_agent.config import AgentConfig
 from edge_agent.errors import BundleError, ConfigError, EdgeAgentError
 from edge_agent.sync.hosts import Node
+from edge_agent.sync.tls import load_tls
 
 Status = Literal["pass", "warn", "fail"]
 RANK: dict[str, int] = {"pass": 0, "warn": 1, "fail": 2}
@@ -425,7 +426,7 @@ def _mqtt_attempt(
     if cfg.tls:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         try:
-            cfg.load_tls(context)
+            load_tls(cfg, context)
         except ConfigError as err:
             issue = err.issues[0]
             return Check(

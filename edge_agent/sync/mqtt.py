@@ -39,6 +39,7 @@ from edge_agent.store.delivered import ack_outbox
 from edge_agent.store.meta import get_json
 from edge_agent.sync.hosts import Failover, Node
 from edge_agent.sync.refused import RefusedTopics
+from edge_agent.sync.tls import load_tls
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class _Connection:
         self._tls: _TrackingContext | None = None
         if cfg.tls:
             context = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
-            cfg.load_tls(context)  # a bad file: ConfigError naming it, the component restarts
+            load_tls(cfg, context)  # a bad file: ConfigError naming it; the component restarts
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             self._tls = context
             self.client.tls_set_context(context)
