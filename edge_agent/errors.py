@@ -11,6 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def os_reason(err: BaseException) -> str:
+    """An OS or TLS error in a few words, for a message that already names the file: the
+    `strerror` of an OS error (no errno, no repeated path), the text of anything else."""
+    import ssl
+
+    if isinstance(err, OSError) and err.strerror and not isinstance(err, ssl.SSLError):
+        return err.strerror
+    return str(err) or type(err).__name__
+
+
 class EdgeAgentError(Exception):
     """Base class of every error raised on purpose by edge-agent."""
 

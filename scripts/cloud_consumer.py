@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import signal
-import ssl
 import sys
 import threading
 import time
@@ -44,7 +43,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.cloud.args import add_broker_arguments, broker_arguments_error, password
+from edge_agent.cloud.args import (
+    add_broker_arguments,
+    broker_arguments_error,
+    password,
+    tls_context,
+)
 from edge_agent.contract import Ledger
 
 log = logging.getLogger("cloud_consumer")
@@ -88,10 +92,7 @@ class Consumer:
         if args.username:
             self.client.username_pw_set(args.username, password(args))
         if args.tls or args.cafile:
-            context = ssl.create_default_context(cafile=args.cafile)
-            if args.certfile:
-                context.load_cert_chain(args.certfile, args.keyfile)
-            self.client.tls_set_context(context)
+            self.client.tls_set_context(tls_context(args.cafile, args.certfile, args.keyfile))
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message

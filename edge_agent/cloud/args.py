@@ -11,7 +11,7 @@ import argparse
 import ssl
 from pathlib import Path
 
-__all__ = ["add_broker_arguments", "broker_arguments_error", "password"]
+__all__ = ["add_broker_arguments", "broker_arguments_error", "password", "tls_context"]
 
 
 def add_broker_arguments(parser: argparse.ArgumentParser, *, protocols: tuple[str, ...]) -> None:
@@ -67,9 +67,7 @@ def broker_arguments_error(args: argparse.Namespace) -> str | None:
             return f"--password-file {args.password_file}: {err}"
     if args.tls or args.cafile or args.certfile:
         try:  # the files as the connection will load them (ssl.SSLError is an OSError)
-            context = ssl.create_default_context(cafile=args.cafile)
-            if args.certfile:
-                context.load_cert_chain(args.certfile, args.keyfile)
+            tls_context(args.cafile, args.certfile, args.keyfile)
         except OSError as err:
             files = ", ".join(
                 f"--{name} {value}"
@@ -91,3 +89,15 @@ def password(args: argparse.Namespace) -> str | None:
         return None
     lines = path.read_text(encoding="utf-8").splitlines()
     return lines[0] if lines else ""
+
+
+def tls_context(cafile: str | None, certfile: str | None, keyfile: str | None) -> ssl.SSLContext:
+    """The client context of --cafile (else the system's CAs) and --certfile/--keyfile.
+
+    Raises:
+        OSError: a file is missing, unreadable or not PEM (ssl.SSLError is an OSError).
+    """
+    context = ssl.create_default_context(cafile=cafile)
+    if certfile:
+        context.load_cert_chain(certfile, keyfile)
+    return context

@@ -16,7 +16,6 @@ import json
 import logging
 import queue
 import re
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_agent.cloud.args import tls_context
 from edge_agent.cloud.ingest import Inbound, Rejected, classify, reply_root
 from edge_agent.cloud.store import BatchOutcome, CloudStore, DueGap
 from edge_agent.contract.ranges import MAX_RESEND_SEQS, Range, merge, size
@@ -140,10 +140,7 @@ class CloudConsumer:
         if o.username:
             client.username_pw_set(o.username, o.password)
         if o.tls or o.cafile:
-            context = ssl.create_default_context(cafile=o.cafile)
-            if o.certfile:
-                context.load_cert_chain(o.certfile, o.keyfile)
-            client.tls_set_context(context)
+            client.tls_set_context(tls_context(o.cafile, o.certfile, o.keyfile))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe

@@ -29,6 +29,7 @@ from urllib.request import url2pathname
 
 from edge_agent import __version__
 from edge_agent.durable import fsync_dir
+from edge_agent.errors import os_reason
 from edge_agent.inference.bundle import file_sha256
 from edge_agent.ota.errors import UpdateRejectedError
 
@@ -182,11 +183,10 @@ def _transfer_http(
             cafile=str(limits.ca_file) if limits.ca_file is not None else None
         )
     except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
-        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise _reject(
             "tls",
-            f"ota.ca_file {limits.ca_file} cannot be loaded ({why}): point it at the PEM file "
-            "of the CA that signed the download server's certificate",
+            f"ota.ca_file {limits.ca_file} cannot be loaded ({os_reason(err)}): point it at "
+            "the PEM file of the CA that signed the download server's certificate",
         ) from err
     opener = urllib.request.build_opener(
         urllib.request.HTTPSHandler(context=context), _RedirectGuard(limits.allow_http)

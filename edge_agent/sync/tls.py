@@ -6,19 +6,12 @@ from __future__ import annotations
 import ssl
 from typing import TYPE_CHECKING
 
-from edge_agent.errors import ConfigError, ConfigIssue
+from edge_agent.errors import ConfigError, ConfigIssue, os_reason
 
 if TYPE_CHECKING:
     from edge_agent.config import MqttConfig
 
 __all__ = ["load_tls"]
-
-
-def _why(err: Exception) -> str:
-    """An OS or TLS error in a few words (`strerror` without the errno and path noise)."""
-    if isinstance(err, OSError) and err.strerror and not isinstance(err, ssl.SSLError):
-        return err.strerror
-    return str(err) or type(err).__name__
 
 
 def _error(key: str, message: str) -> ConfigError:
@@ -40,7 +33,7 @@ def load_tls(mqtt: MqttConfig, context: ssl.SSLContext) -> None:
     except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
         raise _error(
             "mqtt.ca_file",
-            f"{mqtt.ca_file} cannot be loaded ({_why(err)}): point it at the PEM file of the "
+            f"{mqtt.ca_file} cannot be loaded ({os_reason(err)}): point it at the PEM file of the "
             "CA that signed the broker's certificate",
         ) from err
     if mqtt.cert_file is None or mqtt.key_file is None:
@@ -51,6 +44,6 @@ def load_tls(mqtt: MqttConfig, context: ssl.SSLContext) -> None:
         raise _error(
             "mqtt.cert_file",
             f"{mqtt.cert_file} with mqtt.key_file {mqtt.key_file} cannot be loaded "
-            f"({_why(err)}): both must be PEM, the certificate and its own unencrypted "
+            f"({os_reason(err)}): both must be PEM, the certificate and its own unencrypted "
             "private key",
         ) from err

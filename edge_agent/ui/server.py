@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from edge_agent.errors import EdgeAgentError
+from edge_agent.errors import EdgeAgentError, os_reason
 from edge_agent.ui.auth import Sessions, verify_password
 from edge_agent.ui.recorder import Recorder
 
@@ -129,10 +129,10 @@ def check_bind(options: UiOptions) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(options.cert, options.key)
     except (OSError, ssl.SSLError) as err:
-        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise UiConfigError(
-            f"cannot load the TLS certificate {options.cert} with key {options.key} ({why}): "
-            "--cert and --key must be PEM files, the certificate and its own unencrypted key"
+            f"cannot load the TLS certificate {options.cert} with key {options.key} "
+            f"({os_reason(err)}): --cert and --key must be PEM files, the certificate and its "
+            "own unencrypted key"
         ) from err
     return context
 
