@@ -153,7 +153,7 @@ async def gateway(index: int, args: argparse.Namespace, totals: Totals) -> None:
             reader, writer = await asyncio.open_connection(args.host, args.port)
         else:
             reader, writer = await asyncio.open_connection(args.host, args.port, ssl=args.context)
-    except (OSError, TimeoutError):
+    except OSError:  # TimeoutError is an OSError
         totals.connect_failures += 1
         return
     if args.context is not None and totals.tls is None:
@@ -165,7 +165,7 @@ async def gateway(index: int, args: argparse.Namespace, totals: Totals) -> None:
     writer.write(connect_packet(f"edge-agent-fleet-{device}", KEEPALIVE_S, f"{root}/status", will))
     try:
         kind, data = await asyncio.wait_for(read_packet(reader), 30)
-    except (OSError, asyncio.IncompleteReadError, TimeoutError):
+    except (OSError, asyncio.IncompleteReadError):  # TimeoutError is an OSError
         totals.connect_failures += 1
         writer.close()
         return

@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--mutual-tls",
         action="store_true",
-        help="--tls, and the broker requires a client certificate (one for every client)",
+        help="--tls, and the broker requires a client certificate (one, shared by every client)",
     )
     p.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     args = p.parse_args(argv)

@@ -233,18 +233,21 @@ def test_two_members_of_a_share_group_store_every_seq_once(
     assert json.loads(done.stdout)["gateways"]["t1/s1/gw-sh"]["online"] is False
 
 
-def test_share_is_refused_loudly_where_the_broker_has_none(nats: Nats, postgres: Postgres) -> None:
-    """NATS speaks MQTT 3.1.1 only: no shared subscriptions, so `--share` would silently
-    get nothing. The consumer negotiates down to 3.1.1, then exits 2 naming what to use."""
-    done = subprocess.run(
-        cloud_cli(
-            "run", "--dsn", postgres.database(), "--port", str(nats.mqtt_port), "--share", "g"
-        ),
+def _share_run(dsn: str, port: int) -> subprocess.CompletedProcess[str]:
+    """`edge-agent-cloud run --share g` against the broker on `port`."""
+    return subprocess.run(
+        cloud_cli("run", "--dsn", dsn, "--port", str(port), "--share", "g"),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_share_is_refused_loudly_where_the_broker_has_none(nats: Nats, postgres: Postgres) -> None:
+    """NATS speaks MQTT 3.1.1 only: no shared subscriptions, so `--share` would silently
+    get nothing. The consumer negotiates down to 3.1.1, then exits 2 naming what to use."""
+    done = _share_run(postgres.database(), nats.mqtt_port)
     assert done.returncode == 2, done.stderr
     assert "speaks MQTT 3.1.1 only" in done.stderr
     assert "NATS: members of one queue group" in done.stderr
@@ -303,17 +306,23 @@ class _NoSharedSubscriptions(threading.Thread):
 
 
 def test_share_is_refused_when_the_connack_says_shared_subscriptions_are_unavailable(
-    postgres: Postgres,
+    tmp_path: Path, postgres: Postgres
 ) -> None:
     """An MQTT 5 broker whose CONNACK says SharedSubscriptionAvailable = 0: `--share`
     exits 2 naming the property and the native alternatives, instead of a silent 0."""
     listener = _NoSharedSubscriptions()
     listener.start()
     try:
-        done = subprocess.run(
-            cloud_cli(
-                "run", "--dsn", postgres.database(), "--port", str(listener.port), "--share", "g"
-            ),
+        done = _share_run(postgres.database(), listener.port)
+        assert done.returncode == 2, done.stderr
+        assert "SharedSubscriptionAvailable = 0" in done.stderr
+        assert "amq.topic" in done.stderr
+        assert listener.connects == 1  # MQTT 5 was accepted: no 3.1.1 attempt
+        # The SQLite checker reads the same CONNACK property and refuses the same way.
+        script = Path(__file__).resolve().parents[1] / "scripts" / "cloud_consumer.py"
+        argv = ["--db", str(tmp_path / "checker.db"), "--port", str(listener.port), "--share", "g"]
+        checker = subprocess.run(
+            [sys.executable, str(script), *argv],
             capture_output=True,
             text=True,
             timeout=60,
@@ -321,10 +330,8 @@ def test_share_is_refused_when_the_connack_says_shared_subscriptions_are_unavail
         )
     finally:
         listener.close()
-    assert done.returncode == 2, done.stderr
-    assert "SharedSubscriptionAvailable = 0" in done.stderr
-    assert "amq.topic" in done.stderr
-    assert listener.connects == 1  # MQTT 5 was accepted: no 3.1.1 attempt
+    assert checker.returncode == 2, checker.stderr
+    assert "SharedSubscriptionAvailable = 0" in checker.stderr
 
 
 def _clear_retained(port: int, topic: str) -> None:

@@ -2,10 +2,10 @@
 
 Cloud side only: the daemon never imports this package (tests/test_structure.py holds
 that), and it needs the `cloud` extra (psycopg). It builds on `edge_agent.contract` (topics,
-payload models) and the documented MQTT contract, nothing else of the gateway:
+payload models, seq-range arithmetic) and the documented MQTT contract, nothing else of the
+gateway:
 
 - `ingest`: what arrived, decoded and validated (telemetry, a reject, or unrelated);
-- `ranges`: inclusive seq-range arithmetic of gaps, fills and evictions;
 - `schema`: the tables, created by the consumer;
 - `store`: `CloudStore`, one transaction per batch, gap and gateway-status accounting;
 - `consumer`: `CloudConsumer`, the MQTT client (protocol negotiation, `--share` check,

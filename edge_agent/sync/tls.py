@@ -1,5 +1,6 @@
-"""The one TLS loader of the broker connection: the uplink and `doctor` load `mqtt.ca_file`,
-`mqtt.cert_file` and `mqtt.key_file` through it, so both name a bad file the same way."""
+"""The one TLS loader of the broker connection: the uplink and `doctor`'s broker check load
+`mqtt.ca_file`, `mqtt.cert_file` and `mqtt.key_file` through it, so both name a bad file the
+same way."""
 
 from __future__ import annotations
 
