@@ -98,12 +98,18 @@ def evicted(device: str, seq: int, topic: str, lo: int, hi: int) -> dict[str, An
 
 
 def inbound(
-    topic: str, body: dict[str, Any] | bytes, *, retained: bool = False, zlib_: bool = False
+    topic: str,
+    body: dict[str, Any] | bytes,
+    *,
+    retained: bool = False,
+    zlib_: bool = False,
+    received: float | None = None,
 ) -> Inbound:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     if zlib_:
         raw = zlib.compress(raw)
-    return Inbound(topic, raw, retained, time.time(), "zlib" if zlib_ else None)
+    at = time.time() if received is None else received
+    return Inbound(topic, raw, retained, at, "zlib" if zlib_ else None)
 
 
 def items(prefix: str, *messages: tuple[str, dict[str, Any] | bytes]) -> list[Any]:

@@ -52,24 +52,31 @@ def test_tls_files_are_loaded_before_anything_connects(tmp_path: Path) -> None:
     assert swapped.startswith(f"TLS files (--certfile {key}, --keyfile {crt}) cannot be used")
 
 
+TIMINGS = "--grace >= 0, --retry > 0, --retry-max >= --retry and --tail-probe >= 0"
+
+
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "says"),
     [
-        ["--password-file", "/nonexistent/password"],
-        ["--session-expiry", "60"],
-        ["--certfile", "client.crt"],
-        ["--cafile", "/nonexistent/ca.crt"],
-        ["--certfile", "/nonexistent/c.crt", "--keyfile", "/nonexistent/c.key"],
-        ["--grace", "nan"],
-        ["--retry", "0"],
-        ["--retry", "inf", "--retry-max", "inf"],
-        ["--tail-probe", "-1"],
+        (["--password-file", "/nonexistent/password"], "--password-file /nonexistent/password: "),
+        (["--session-expiry", "60"], "--session-expiry needs a fixed --client-id"),
+        (["--certfile", "client.crt"], "mutual TLS needs both --certfile and --keyfile"),
+        (["--cafile", "/nonexistent/ca.crt"], "TLS files (--cafile /nonexistent/ca.crt)"),
+        (
+            ["--certfile", "/nonexistent/c.crt", "--keyfile", "/nonexistent/c.key"],
+            "TLS files (--certfile /nonexistent/c.crt, --keyfile /nonexistent/c.key)",
+        ),
+        (["--grace", "nan"], TIMINGS),
+        (["--retry", "0"], TIMINGS),
+        (["--retry", "inf", "--retry-max", "inf"], TIMINGS),
+        (["--tail-probe", "-1"], TIMINGS),
     ],
 )
 def test_run_refuses_unusable_flags_before_connecting(
-    argv: list[str], capsys: pytest.CaptureFixture[str]
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli.main(["run", "--dsn", DSN, *argv]) == 2
     err = capsys.readouterr().err
-    assert err.strip()
+    assert err.startswith(says)
+    assert "PostgreSQL" not in err, "refused before it tried the database"
     assert "Traceback" not in err

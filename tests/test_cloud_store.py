@@ -171,8 +171,12 @@ def test_an_online_gateway_that_went_quiet_is_reported_silent(
     assert late["gateways"]["t1/s1/gw-1"]["quiet_s"] >= 91
     assert late["ok"], "silence is a state, not a data violation"
     assert gateway(now=seen + 91, silent_after_s=600)["silent"] is False
-    write(store, (f"{GW}/heartbeat", heartbeat("gw-1", 1)))  # heard from again
-    assert gateway(now=time.time() + 5)["silent"] is False
+    # Heard from again 100 s later: 50 s after that it is not silent (it would be, 150 s
+    # after the birth, had the heartbeat not counted).
+    beat = inbound(f"{GW}/heartbeat", heartbeat("gw-1", 1), received=seen + 100)
+    store.write([classify(beat, "edge")], seen + 100)
+    assert gateway(now=seen + 150)["silent"] is False
+    assert gateway(now=seen + 191)["silent"] is True
     write(store, (f"{GW}/status", status("gw-1", 1, "offline")))  # the will: offline, not silent
     assert gateway(now=time.time() + 1000)["silent"] is False
     assert cli.main(["report", "--dsn", store.dsn, "--silent-after", "nan"]) == 2
